@@ -1,0 +1,26 @@
+"""ltadv: adversarial training under long-tailed class distributions.
+
+Implements AT-BSL (Yue et al., "Revisiting Adversarial Training under Long-Tailed Distributions",
+CVPR 2024, arXiv 2403.10073) and the systems it is compared with, with evaluation and reports.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__version__ = "0.1.0"
+
+
+def load_model(run_dir: str | Path, which: str = "best", device=None):
+    """The trained model of a run folder as an eval-mode ``nn.Module`` on pixels in [0, 1].
+
+    ``which`` is ``"best"`` (chosen on the validation split, or the test split with
+    ``eval.select_on test``) or ``"last"``.
+    """
+    from .train import load_run_model
+
+    model, _ = load_run_model(run_dir, which, device)
+    return model
+
+
+__all__ = ["__version__", "load_model"]

@@ -1,0 +1,272 @@
+"""Command line: ``ltadv train | eval | run``. Choices come from the registries.
+
+Any config field can be set as a dotted override after the named flags, e.g.
+``ltadv train --data cifar10-lt --method.tau_b 1.5 --optim.batch_size 256``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import Config, ConfigError, load_config
+
+# Named flag -> dotted config key (SPEC section 7).
+FLAG_KEYS = {
+    "data": "data.name",
+    "data_root": "data.root",
+    "imbalance_ratio": "data.imbalance_ratio",
+    "model": "model.name",
+    "method": "method.name",
+    "aug": "data.aug",
+    "epochs": "train.epochs",
+    "eps": "attack.eps",
+    "seed": "seed",
+    "device": "train.device",
+}
+
+
+class CLIError(ValueError):
+    pass
+
+
+def _registries():
+    from .attacks import ATTACKS
+    from .data import AUGMENTATIONS, DATASETS
+    from .methods import METHODS
+    from .models import MODELS
+
+    return {"data": DATASETS, "model": MODELS, "method": METHODS, "aug": AUGMENTATIONS, "attack": ATTACKS}
+
+
+def _add_run_flags(p: argparse.ArgumentParser, multi_method: bool = False) -> None:
+    reg = _registries()
+    g = p.add_argument_group("run configuration (any other field: --section.key VALUE)")
+    g.add_argument("--config", metavar="FILE", help="YAML file with differences from the defaults")
+    g.add_argument("--data", metavar="NAME", help=f"dataset: {', '.join(sorted(reg['data']))}")
+    g.add_argument("--data-root", metavar="DIR", help="folder holding the local copy of the dataset")
+    g.add_argument("--imbalance-ratio", metavar="R", type=float, help="IR = n_max / n_min (>= 1)")
+    g.add_argument("--model", metavar="NAME", help=f"model: {', '.join(sorted(reg['model']))}")
+    help_m = f"method: {', '.join(sorted(reg['method']))}"
+    g.add_argument("--method", metavar="NAME" + ("[,NAME...]" if multi_method else ""),
+                   help=help_m + (" (comma-separated to compare several; default at,at_bsl)" if multi_method else ""))
+    g.add_argument("--aug", metavar="LIST", help=f"augmentations in order, comma-separated: "
+                   f"{', '.join(sorted(reg['aug'])) or '(none registered)'}")
+    g.add_argument("--epochs", metavar="N", type=int)
+    g.add_argument("--eps", metavar="X", help="L-inf radius in pixel units, e.g. 8/255 or 0.031")
+    g.add_argument("--seed", metavar="N", type=int)
+    g.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda, cuda:N")
+    g.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<time>-<data>-<method>)")
+    g.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR (or --out) from its last checkpoint")
+    g.add_argument("--force", action="store_true", help="start again in an existing run folder, deleting it")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _parse_overrides(extra: list[str]) -> dict[str, Any]:
+    """``--a.b VALUE`` / ``--a.b=VALUE`` pairs -> {"a.b": value} (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(extra):
+        tok = extra[i]
+        if not tok.startswith("--") or "." not in tok.split("=", 1)[0]:
+            raise CLIError(f"unrecognized argument {tok!r} (config fields are set as --section.key VALUE)")
+        if "=" in tok:
+            key, raw = tok[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(extra):
+                raise CLIError(f"{tok} needs a value")
+            key, raw = tok[2:], extra[i + 1]
+            i += 2
+        key = key.replace("-", "_")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        out[key] = raw if isinstance(value, (dict, type(None))) and raw not in ("null", "~", "none", "None") \
+            else (None if raw in ("null", "~", "none", "None") else value)
+    return out
+
+
+def _config_from_args(args, extra: list[str], method: str | None = None) -> Config:
+    overrides = _parse_overrides(extra)
+    for flag, key in FLAG_KEYS.items():
+        v = getattr(args, flag, None)
+        if v is not None:
+            overrides[key] = v
+    if method is not None:
+        overrides["method.name"] = method
+    if args.quiet:
+        overrides["train.progress"] = False
+    return load_config(args.config, overrides)
+
+
+def _resume_dir(args) -> tuple[Path | None, bool]:
+    if isinstance(args.resume, str):
+        if args.out and Path(args.out) != Path(args.resume):
+            raise CLIError("--resume RUN_DIR and --out name different folders")
+        return Path(args.resume), True
+    return (Path(args.out) if args.out else None), bool(args.resume)
+
+
+def _default_out(cfg: Config, suffix: str | None) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    name = f"{stamp}-{cfg.data.name}" + (f"-{suffix}" if suffix else "")
+    return Path("runs") / name
+
+
+def cmd_train(args, extra) -> int:
+    from .train import train
+
+    out, resume = _resume_dir(args)
+    if resume and out is None:
+        raise CLIError("--resume needs the run folder: --resume RUN_DIR")
+    if resume and out is not None and (out / "result.json").is_file() and args.config is None and not extra \
+            and all(getattr(args, f) is None for f in FLAG_KEYS):
+        from .config import from_dict
+        from .results import read_record
+
+        cfg = from_dict(read_record(out)["config"])
+    else:
+        cfg = _config_from_args(args, extra)
+    out = out or _default_out(cfg, cfg.method.name)
+    record = train(cfg, out, resume=resume, force=args.force)
+    print(format_table({cfg.method.name: record}))
+    print(f"run record: {out / 'result.json'}")
+    return 0
+
+
+def cmd_run(args, extra) -> int:
+    from .train import train
+
+    methods = [m for m in (args.method or "").split(",") if m]
+    if not methods:
+        base = _config_from_args(args, extra)
+        user_set_method = args.config and "method" in (yaml.safe_load(Path(args.config).read_text()) or {})
+        methods = [base.method.name] if user_set_method or any(k.startswith("method.name") for k in
+                                                                 _parse_overrides(extra)) else ["at", "at_bsl"]
+    cfgs = {m: _config_from_args(args, extra, method=m) for m in methods}
+    out, resume = _resume_dir(args)
+    first = next(iter(cfgs.values()))
+    out = out or _default_out(first, None if len(methods) > 1 else methods[0])
+    records = {}
+    for m, cfg in cfgs.items():
+        run_dir = out / m if len(methods) > 1 else out
+        print(f"== {m}: training {cfg.model.name} on {cfg.data.name} (IR {cfg.data.imbalance_ratio:g}, "
+              f"eps {cfg.attack.eps:.4g}, {cfg.train.epochs} epochs) -> {run_dir}")
+        records[m] = train(cfg, run_dir, resume=resume, force=args.force)
+    print()
+    print(format_table(records))
+    print(f"\nrun records under {out}")
+    return 0
+
+
+def cmd_eval(args, extra) -> int:
+    from .train import evaluate_run
+
+    if extra:
+        raise CLIError(f"unrecognized argument {extra[0]!r}")
+    attacks = [a for a in args.attacks.split(",") if a]
+    which = [w for w in args.which.split(",") if w]
+    for w in which:
+        if w not in ("best", "last"):
+            raise CLIError(f"--which takes best and/or last, got {w!r}")
+    record = evaluate_run(args.run_dir, attacks, checkpoints=which, n=args.n, device=args.device)
+    name = record["config"]["method"]["name"]
+    for w in which:
+        print(f"-- {w} checkpoint")
+        print(format_table({name: {**record, "metrics": record["metrics_by_checkpoint"][w]}}))
+    return 0
+
+
+def format_table(records: dict[str, dict]) -> str:
+    """Markdown table: one row per run; clean and each attack overall, plus tail/balanced/worst robust.
+
+    Written by hand: a dozen lines, and the Markdown form is what the README and reports show.
+    """
+    attack_names: list[str] = []
+    for rec in records.values():
+        for a in (rec.get("metrics") or {}):
+            if a not in attack_names:
+                attack_names.append(a)
+    robust = [a for a in attack_names if a != "clean"]
+    last = robust[-1] if robust else None
+    header = ["method", *attack_names]
+    if last:
+        header += [f"tail {last}", f"balanced {last}", f"worst-class {last}"]
+    header += ["best epoch", "s/epoch"]
+    rows = []
+    for name, rec in records.items():
+        m = rec.get("metrics") or {}
+        row = [name] + [f"{m[a]['overall']:.4f}" if a in m else "-" for a in attack_names]
+        if last:
+            row += [f"{m[last][k]:.4f}" if last in m else "-" for k in ("tail", "balanced", "worst")]
+        ep = rec.get("epochs") or []
+        secs = sum(e["train_seconds"] for e in ep) / len(ep) if ep else float("nan")
+        row += [str(rec.get("best_epoch")), f"{secs:.2f}"]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ltadv", description="Adversarial training under long-tailed distributions.")
+    p.add_argument("--version", action="version", version=f"ltadv {__import__('ltadv').__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    t = sub.add_parser("train", help="train one run", description="Train one run and evaluate it on the test split.")
+    _add_run_flags(t)
+    t.set_defaults(func=cmd_train)
+    r = sub.add_parser("run", help="train + evaluate + table (no arguments: the main job on digits-lt)",
+                       description="Train one or more methods, evaluate them and print a side-by-side table. "
+                                   "With no arguments: AT and AT-BSL on the embedded digits-lt.")
+    _add_run_flags(r, multi_method=True)
+    r.set_defaults(func=cmd_run, data_default="digits-lt")
+    e = sub.add_parser("eval", help="evaluate a finished run's checkpoints",
+                       description="Evaluate the best and/or last checkpoint of a run on the test split.")
+    e.add_argument("run_dir", metavar="RUN_DIR")
+    e.add_argument("--attacks", default="clean,pgd20",
+                   help=f"comma-separated, from: {', '.join(sorted(_registries()['attack']))}")
+    e.add_argument("--n", type=int, default=None, help="evaluate the first N test images")
+    e.add_argument("--which", default="best,last", help="best, last or best,last")
+    e.add_argument("--device", default=None)
+    e.set_defaults(func=cmd_eval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if args.command == "run" and args.data is None and args.config is None:
+        args.data = "digits-lt"
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .train import RunDirError
+
+    try:
+        return args.func(args, extra)
+    except (ConfigError, DataError, CheckpointError, RunDirError, CLIError, ValueError) as e:
+        if os.environ.get("LTADV_DEBUG"):
+            raise
+        print(f"ltadv: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ltadv: interrupted; the last finished epoch is checkpointed (continue with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""Run configuration: frozen dataclasses whose defaults are the AT-BSL reference recipe.
+
+Yue et al., "Revisiting Adversarial Training under Long-Tailed Distributions", CVPR 2024,
+arXiv 2403.10073: CIFAR-10-LT (IR 50), ResNet-18, PGD-10 (eps 8/255, step 2/255) training,
+SGD lr 0.1 / momentum 0.9 / weight decay 5e-4, batch 128, 100 epochs, lr x0.1 at 75 and x0.01 at 90.
+
+Resolution order, later wins: these defaults < the dataset preset (``ltadv/presets/<data>.yaml``) <
+the user's YAML (``--config``) < command-line flags and dotted overrides (``--method.tau_b 1.5``).
+Unknown keys and values of the wrong type are a :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the offending key or value."""
+
+
+@dataclass(frozen=True)
+class Data:
+    name: str = "cifar10-lt"  # digits-lt | cifar10-lt | cifar100-lt | tiny-imagenet-lt
+    root: str | None = None  # folder holding the user's copy of the dataset
+    imbalance_ratio: float = 50.0  # IR = n_max / n_min >= 1
+    profile: str = "exp"  # exp | step
+    n_max: int | None = None  # images of the largest class; None: all that the data has
+    num_classes: int | None = None  # use only the first K classes; None: all
+    val_per_class: int = 10  # balanced validation images held out per class before sub-sampling
+    aug: tuple[str, ...] = ()  # augmentation names, applied in order
+    crop_flip: bool = True  # random crop (pad 4) + horizontal flip after the augmentations
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str = "resnet18"
+    head: str = "linear"  # linear | cosine (RoBal)
+    channels_last: str = "auto"  # auto (on CUDA) | on | off
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str = "at_bsl"
+    tau_b: float = 1.0  # balanced-softmax temperature (AT-BSL reference: 1)
+    beta: float = 6.0  # TRADES / MART regularisation weight
+    s: float = 10.0  # cosine-classifier scale (RoBal)
+    gamma: float = 1.0 / 32  # cosine head: W_i / (||W_i|| + gamma) (RoBal code)
+    tau_m: float = 0.3  # class-aware margin temperature (RoBal)
+    m0: float = 0.1  # class-aware margin offset (RoBal)
+    bsl: bool = True  # RoBal switches, one per part
+    cosine: bool = True
+    margin: bool = True
+    trades: bool = True
+    tau_p: float = 0.0  # post-hoc logit adjustment at inference (RoBal-N uses 0.1)
+
+
+@dataclass(frozen=True)
+class Attack:
+    """The training-time inner maximisation (PGD, L-inf)."""
+
+    eps: float = 8 / 255
+    alpha: float | None = None  # step size; None: eps / 4 (2/255 at eps 8/255)
+    steps: int = 10
+    init: str = "normal"  # normal: x + 0.001 N(0,1) (reference) | uniform: U(-eps, eps) | zero
+
+
+@dataclass(frozen=True)
+class Optim:
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    batch_size: int = 128
+    milestones: tuple[float, ...] = (0.75, 0.9)  # fractions of the epochs where lr *= lr_decay
+    lr_decay: float = 0.1
+
+
+@dataclass(frozen=True)
+class Train:
+    epochs: int = 100
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
+    compile: bool = False
+    progress: bool = True
+    deterministic: bool = False  # torch.use_deterministic_algorithms on CUDA
+
+
+@dataclass(frozen=True)
+class Eval:
+    attacks: tuple[str, ...] = ("clean", "pgd20")
+    eps: float | None = None  # None: the training eps
+    n: int | None = None  # evaluate the first n test images; None: all
+    batch_size: int = 512
+    val_attack: str = "pgd20"  # robust accuracy tracked every epoch on the validation split
+    val_n: int | None = None  # size of the fixed per-epoch evaluation subset; None: whole split
+    select_on: str = "val"  # val | test: where the best epoch is chosen (reference: test)
+    checkpoints: tuple[str, ...] = ("best", "last")
+    head_frac: float = 1 / 3  # classes sorted by count: the first third is head,
+    tail_frac: float = 1 / 3  # the last third tail, the rest medium
+
+
+@dataclass(frozen=True)
+class Config:
+    data: Data = field(default_factory=Data)
+    model: Model = field(default_factory=Model)
+    method: Method = field(default_factory=Method)
+    attack: Attack = field(default_factory=Attack)
+    optim: Optim = field(default_factory=Optim)
+    train: Train = field(default_factory=Train)
+    eval: Eval = field(default_factory=Eval)
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass -> plain JSON-able dict (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert the harmless cases (int -> float, list -> tuple)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()] if value.strip() else []
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_coerce(v, item_tp, key) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return _parse_number(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover
+
+
+def _parse_number(text: str) -> float:
+    """``"8/255"`` or ``"0.03"`` -> float: fractions are how eps is usually written."""
+    if "/" in text:
+        num, den = text.split("/", 1)
+        return float(num) / float(den)
+    return float(text)
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        where = f"{prefix}{unknown[0]}"
+        raise ConfigError(f"unknown config key {where!r}; known keys under {prefix or 'the top level'}: "
+                          f"{', '.join(sorted(names))}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        tp = hints[f.name]
+        v = values[f.name]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(v, dict):
+                raise ConfigError(f"{prefix}{f.name}: expected a mapping of keys, got {v!r}")
+            kwargs[f.name] = _build(tp, v, f"{prefix}{f.name}.")
+        else:
+            kwargs[f.name] = _coerce(v, tp, f"{prefix}{f.name}")
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def dotted_to_nested(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``{"method.tau_b": 1.5}`` -> ``{"method": {"tau_b": 1.5}}``."""
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        parts = key.split(".")
+        node = nested
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: {p!r} is a value, not a group")
+        node[parts[-1]] = value
+    return nested
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def preset(data_name: str) -> dict[str, Any]:
+    """The built-in differences for a dataset (e.g. digits-lt uses a small CNN and eps 0.1)."""
+    res = resources.files("ltadv") / "presets" / f"{data_name}.yaml"
+    if not res.is_file():
+        return {}
+    return yaml.safe_load(res.read_text()) or {}
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Resolve a :class:`Config` from defaults, dataset preset, YAML file and dotted overrides."""
+    user = read_yaml(path) if path else {}
+    cli = dotted_to_nested(overrides or {})
+    merged_user = _merge(user, cli)
+    data_name = (merged_user.get("data") or {}).get("name", Data.name)
+    raw = _merge(_merge(to_dict(Config()), preset(str(data_name))), merged_user)
+    cfg = _build(Config, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def replace(cfg: Config, **dotted: Any) -> Config:
+    """A copy of ``cfg`` with dotted keys replaced, re-validated: ``replace(cfg, **{"method.name": "at"})``."""
+    raw = _merge(to_dict(cfg), dotted_to_nested(dotted))
+    new = _build(Config, raw, "")
+    validate(new)
+    return new
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    """Rebuild a saved config (``result.json["config"]``)."""
+    cfg = _build(Config, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Range checks that need no registry; names are checked where the registries live."""
+    checks = [
+        (cfg.attack.eps >= 0, f"attack.eps must be >= 0, got {cfg.attack.eps}"),
+        (cfg.attack.alpha is None or cfg.attack.alpha > 0, f"attack.alpha must be > 0, got {cfg.attack.alpha}"),
+        (cfg.attack.steps >= 1, f"attack.steps must be >= 1, got {cfg.attack.steps}"),
+        (cfg.attack.init in ("normal", "uniform", "zero"),
+         f"attack.init must be normal, uniform or zero, got {cfg.attack.init!r}"),
+        (cfg.eval.eps is None or cfg.eval.eps >= 0, f"eval.eps must be >= 0, got {cfg.eval.eps}"),
+        (cfg.data.imbalance_ratio >= 1,
+         f"data.imbalance_ratio must be >= 1 (n_max / n_min), got {cfg.data.imbalance_ratio}"),
+        (cfg.data.profile in ("exp", "step"), f"data.profile must be exp or step, got {cfg.data.profile!r}"),
+        (cfg.data.n_max is None or cfg.data.n_max >= 1, f"data.n_max must be >= 1, got {cfg.data.n_max}"),
+        (cfg.data.num_classes is None or cfg.data.num_classes >= 2,
+         f"data.num_classes must be >= 2, got {cfg.data.num_classes}"),
+        (cfg.data.val_per_class >= 0, f"data.val_per_class must be >= 0, got {cfg.data.val_per_class}"),
+        (cfg.train.epochs >= 1, f"train.epochs must be >= 1, got {cfg.train.epochs}"),
+        (cfg.train.amp in ("auto", "bf16", "fp16", "off"),
+         f"train.amp must be auto, bf16, fp16 or off, got {cfg.train.amp!r}"),
+        (cfg.optim.batch_size >= 1, f"optim.batch_size must be >= 1, got {cfg.optim.batch_size}"),
+        (cfg.optim.lr > 0, f"optim.lr must be > 0, got {cfg.optim.lr}"),
+        (all(0 <= m <= 1 for m in cfg.optim.milestones), "optim.milestones are fractions of the epochs in [0, 1]"),
+        (cfg.model.head in ("linear", "cosine"), f"model.head must be linear or cosine, got {cfg.model.head!r}"),
+        (cfg.model.channels_last in ("auto", "on", "off"), "model.channels_last must be auto, on or off"),
+        (cfg.method.tau_b >= 0, f"method.tau_b must be >= 0, got {cfg.method.tau_b}"),
+        (cfg.method.beta >= 0, f"method.beta must be >= 0, got {cfg.method.beta}"),
+        (cfg.method.s > 0, f"method.s must be > 0, got {cfg.method.s}"),
+        (cfg.eval.select_on in ("val", "test"), f"eval.select_on must be val or test, got {cfg.eval.select_on!r}"),
+        (cfg.eval.select_on == "test" or cfg.data.val_per_class >= 1,
+         "eval.select_on val needs a validation split: set data.val_per_class >= 1 (or eval.select_on test)"),
+        (cfg.eval.n is None or cfg.eval.n >= 1, f"eval.n must be >= 1, got {cfg.eval.n}"),
+        (cfg.eval.batch_size >= 1, f"eval.batch_size must be >= 1, got {cfg.eval.batch_size}"),
+        (set(cfg.eval.checkpoints) <= {"best", "last"} and len(cfg.eval.checkpoints) >= 1,
+         f"eval.checkpoints must be best and/or last, got {list(cfg.eval.checkpoints)}"),
+        (0 < cfg.eval.head_frac < 1 and 0 < cfg.eval.tail_frac < 1 and cfg.eval.head_frac + cfg.eval.tail_frac <= 1,
+         "eval.head_frac and eval.tail_frac must be in (0, 1) and sum to at most 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)

@@ -1,0 +1,56 @@
+"""Training objectives, one file each, registered by name in :data:`METHODS`.
+
+A method never touches the optimizer or the model's mode (STYLE principle 3). The training loop
+calls ``x_adv = method.perturb(model, x, target)`` with the model in eval mode (BN statistics
+frozen, as in the reference), then ``out = method.loss(model, x, x_adv, target)`` in train mode, and
+steps on ``out["loss"]``. ``target`` is int labels or soft labels (Mixup/CutMix).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..attacks import pgd
+from ..config import Config
+from ..losses import log_counts
+
+METHODS: dict = {}
+
+
+class Method:
+    """Base: PGD with CE on the raw logits as the inner maximisation (SPEC section 1)."""
+
+    def __init__(self, cfg: Config, class_counts: list[int]):
+        self.cfg = cfg
+        self.class_counts = list(class_counts)
+        self._log_n: torch.Tensor | None = None
+
+    def log_n(self, device) -> torch.Tensor:
+        if self._log_n is None or self._log_n.device != torch.device(device):
+            self._log_n = log_counts(self.class_counts, device)
+        return self._log_n
+
+    @property
+    def head(self) -> str:
+        """The classifier head this method trains (RoBal switches to the cosine head)."""
+        return self.cfg.model.head
+
+    @property
+    def eps(self) -> float:
+        return self.cfg.attack.eps
+
+    @property
+    def alpha(self) -> float:
+        a = self.cfg.attack.alpha
+        return self.cfg.attack.eps / 4 if a is None else a
+
+    def perturb(self, model, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        a = self.cfg.attack
+        return pgd(model, x, target, eps=a.eps, alpha=self.alpha, steps=a.steps, random_start=a.init)
+
+    def loss(self, model, x: torch.Tensor, x_adv: torch.Tensor, target: torch.Tensor) -> dict:
+        raise NotImplementedError
+
+
+# Registration happens on import of each method file.
+from . import at  # noqa: E402,F401

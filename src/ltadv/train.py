@@ -1,0 +1,333 @@
+"""The training loop: one readable function, options are config fields (STYLE principle 7).
+
+Per epoch: a fixed data order (seeded by seed and epoch), PGD inner maximisation with the model
+in eval mode, an SGD step on the method's loss in train mode, the reference step schedule, robust
+accuracy on the fixed validation subset, best and last weights (safetensors) and an atomic
+checkpoint of the whole training state, so ``--resume`` continues exactly where a run stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from .config import Config, ConfigError, from_dict
+from .data import AUGMENTATIONS, DATASETS, LTData, build_data, build_pipeline
+from .evaluate import class_groups, evaluate, robust_flags, summarize, to_float
+from .methods import METHODS
+from .models import MODELS, Classifier, build_model
+from .registry import lookup
+from .results import RESULT, git_commit, read_record, write_json_atomic
+
+CKPT_DIR = "checkpoints"
+
+
+class RunDirError(ValueError):
+    """The run folder cannot be used as asked (exists without --resume/--force, unwritable, ...)."""
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device is {name!r} but CUDA is not available")
+    return torch.device(name)
+
+
+def check_names(cfg: Config) -> None:
+    """Every registry name in the config exists (one clear error naming the bad one)."""
+    lookup(DATASETS, cfg.data.name, "dataset")
+    lookup(MODELS, cfg.model.name, "model")
+    lookup(METHODS, cfg.method.name, "method")
+    for a in cfg.data.aug:
+        lookup(AUGMENTATIONS, a, "augmentation")
+    from .attacks import ATTACKS
+
+    for a in (*cfg.eval.attacks, cfg.eval.val_attack):
+        lookup(ATTACKS, a, "attack")
+
+
+def autocast_for(cfg: Config, device: torch.device):
+    mode = cfg.train.amp
+    if mode == "auto":
+        mode = "bf16" if device.type == "cuda" else "off"
+    if mode == "off":
+        return contextlib.nullcontext, None
+    dtype = torch.bfloat16 if mode == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler(device.type) if mode == "fp16" else None
+    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
+
+
+def lr_at(cfg: Config, epoch: int) -> float:
+    """Step schedule: lr * lr_decay^(number of milestones passed); milestones are fractions of the epochs."""
+    passed = sum(epoch >= math.floor(m * cfg.train.epochs) for m in cfg.optim.milestones)
+    return cfg.optim.lr * cfg.optim.lr_decay**passed
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: peak allocated since the last reset. CPU: the process's peak resident set so far."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def model_meta(data: LTData, method_head: str) -> dict:
+    return {"num_classes": data.num_classes, "in_channels": data.in_channels, "image_size": data.image_size,
+            "head": method_head, "mean": list(data.mean), "std": list(data.std)}
+
+
+def make_model(cfg: Config, meta: dict) -> Classifier:
+    return build_model(cfg.model.name, meta["num_classes"], meta["in_channels"], meta["mean"], meta["std"],
+                       head=meta["head"], s=cfg.method.s, gamma=cfg.method.gamma)
+
+
+def prepare_run_dir(out: Path, resume: bool, force: bool) -> None:
+    """Never overwrite an existing run unless asked: --resume continues it, --force starts it again."""
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"output path {out} exists and is not a folder")
+    has_run = out.is_dir() and any(out.iterdir())
+    if has_run and not (resume or force):
+        raise RunDirError(f"run directory {out} already exists; pass --resume to continue it or --force to "
+                          f"start it again")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise RunDirError(f"output folder {out} is not writable: {e.strerror}") from None
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = False, log=print) -> dict:
+    """Train (or continue) one run in ``out``; returns the run record also written to ``out/result.json``."""
+    out = Path(out)
+    check_names(cfg)
+    device = pick_device(cfg.train.device)
+    state = None
+    if resume and (out / CKPT_DIR / "last.pt").is_file():
+        state = ckpt.load_state(out / CKPT_DIR / "last.pt")
+        saved = from_dict(state["config"])
+        if saved != cfg:
+            cfg = saved  # the checkpoint's config wins: a resumed run is the same run
+            log(f"resuming with the configuration saved in {out}")
+    data = build_data(cfg.data, cfg.seed)  # data errors surface before the run folder is touched
+    if state is not None and list(state["class_counts"]) != data.class_counts:
+        raise ckpt.CheckpointError(f"checkpoint in {out} was trained on other class counts {state['class_counts']}")
+    prepare_run_dir(out, resume, force)
+    if force and not resume:
+        for p in (out / RESULT, out / CKPT_DIR):
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+
+    torch.manual_seed(cfg.seed)
+    method = METHODS[cfg.method.name](cfg, data.class_counts)
+    meta = model_meta(data, method.head)
+    model = make_model(cfg, meta).to(device)
+    channels_last = cfg.model.channels_last == "on" or (cfg.model.channels_last == "auto" and device.type == "cuda")
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
+                          weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
+    autocast, scaler = autocast_for(cfg, device)
+    fwd = torch.compile(model) if cfg.train.compile else model
+    augment = build_pipeline(cfg.data.aug, cfg.data.crop_flip, data.num_classes, data.image_size)
+
+    # Selection split: the held-out validation set, or the test set when reproducing the reference.
+    x_sel, y_sel = (data.x_val, data.y_val) if cfg.eval.select_on == "val" else (data.x_test, data.y_test)
+    if cfg.eval.val_n is not None:
+        x_sel, y_sel = x_sel[: cfg.eval.val_n], y_sel[: cfg.eval.val_n]
+    eps_eval = cfg.attack.eps if cfg.eval.eps is None else cfg.eval.eps
+    groups = class_groups(data.class_counts, cfg.eval.head_frac, cfg.eval.tail_frac)
+
+    record = {
+        "ltadv_record": 1,
+        "status": "running",
+        "config": cfg.to_dict(),
+        "class_counts": data.class_counts,
+        "groups": groups,
+        "model_meta": meta,
+        "commit": git_commit(),
+        "device": str(device),
+        "epochs": [],
+        "best_epoch": None,
+    }
+    start_epoch, best_score = 0, -1.0
+    if state is not None:
+        load_into = ckpt.load_matching
+        load_into(model, state["model"], str(out / CKPT_DIR / "last.pt"))
+        opt.load_state_dict(state["optimizer"])
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        start_epoch, best_score = int(state["epoch"]), float(state["best_score"])
+        record["epochs"], record["best_epoch"] = list(state["epochs"]), state["best_epoch"]
+        log(f"resuming {out} after epoch {start_epoch}")
+
+    x_train = data.x_train.to(device)
+    y_train = data.y_train.to(device)
+    n = len(y_train)
+    bs = cfg.optim.batch_size
+    for epoch in range(start_epoch, cfg.train.epochs):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg, epoch)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)).to(device)
+        t0 = time.perf_counter()
+        model.train()
+        total_loss, total_correct, seen = 0.0, 0, 0
+        bar = tqdm(range(0, n, bs), desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
+                   disable=None if cfg.train.progress else True)
+        for i in bar:
+            idx = order[i:i + bs]
+            x = to_float(x_train[idx], device)
+            y = y_train[idx]
+            x, target = augment(x, y)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            model.eval()
+            with autocast():
+                x_adv = method.perturb(fwd, x, target)
+            model.train()
+            with autocast():
+                out_m = method.loss(fwd, x, x_adv, target)
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(out_m["loss"]).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                out_m["loss"].backward()
+                opt.step()
+            total_loss += float(out_m["loss"].detach()) * len(idx)
+            hard = target if target.dim() == 1 else target.argmax(1)
+            total_correct += int((out_m["logits"].detach().argmax(1) == hard).sum())
+            seen += len(idx)
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}")
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_seconds = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        flags = robust_flags(model, x_sel, y_sel, [cfg.eval.val_attack], eps_eval, cfg.eval.batch_size)
+        val_clean = summarize(flags["clean"], y_sel, data.num_classes, groups)
+        val_robust = summarize(flags[cfg.eval.val_attack], y_sel, data.num_classes, groups)
+        eval_seconds = time.perf_counter() - t1
+        rec = {
+            "epoch": epoch + 1,
+            "lr": lr_at(cfg, epoch),
+            "train_loss": total_loss / max(seen, 1),
+            "train_robust_acc": total_correct / max(seen, 1),
+            "train_seconds": train_seconds,
+            "eval_seconds": eval_seconds,
+            "images_per_second": seen / train_seconds if train_seconds > 0 else None,
+            "peak_mem_mb": peak_memory_mb(device),
+            "val_clean": val_clean["overall"],
+            "val_robust": val_robust["overall"],
+            "val_robust_balanced": val_robust["balanced"],
+            "val_robust_tail": val_robust["tail"],
+        }
+        record["epochs"].append(rec)
+        # Best epoch: highest robust accuracy on the selection split (ties keep the earlier epoch).
+        if rec["val_robust"] > best_score:
+            best_score, record["best_epoch"] = rec["val_robust"], epoch + 1
+            ckpt.save_weights(out / CKPT_DIR / "best.safetensors", model)
+        ckpt.save_weights(out / CKPT_DIR / "last.safetensors", model)
+        ckpt.save_state(out / CKPT_DIR / "last.pt", {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            **({"scaler": scaler.state_dict()} if scaler is not None else {}),
+            "rng": _rng_state(),
+            "epoch": epoch + 1,
+            "best_score": best_score,
+            "best_epoch": record["best_epoch"],
+            "epochs": record["epochs"],
+            "config": cfg.to_dict(),
+            "class_counts": data.class_counts,
+        })
+        write_json_atomic(out / RESULT, record)
+        log(f"epoch {epoch + 1:3d}/{cfg.train.epochs}  loss {rec['train_loss']:.4f}  "
+            f"val clean {rec['val_clean']:.3f}  val {cfg.eval.val_attack} {rec['val_robust']:.3f}  "
+            f"{train_seconds:.1f}s + {eval_seconds:.1f}s")
+
+    record["status"] = "trained"
+    write_json_atomic(out / RESULT, record)
+    return evaluate_run(out, cfg.eval.attacks, checkpoints=cfg.eval.checkpoints, data=data, log=log)
+
+
+def load_run_model(run_dir: str | Path, which: str = "best", device=None) -> tuple[Classifier, dict]:
+    """(eval-mode model, record) from a run folder's safetensors weights."""
+    if which not in ("best", "last"):
+        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
+    run_dir = Path(run_dir)
+    record = read_record(run_dir)
+    cfg = from_dict(record["config"])
+    model = make_model(cfg, record["model_meta"])
+    ckpt.load_weights(run_dir / CKPT_DIR / f"{which}.safetensors", model)
+    model = model.to(device or "cpu").eval()
+    return model, record
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    attacks,
+    checkpoints=("best", "last"),
+    n: int | None = None,
+    data: LTData | None = None,
+    device=None,
+    log=print,
+) -> dict:
+    """Evaluate a run's best and/or last weights on the balanced test split; merge into result.json.
+
+    ``record["metrics"]`` holds the selected checkpoint's numbers (best when evaluated, else last);
+    ``record["metrics_by_checkpoint"]`` holds each evaluated checkpoint's.
+    """
+    run_dir = Path(run_dir)
+    record = read_record(run_dir)
+    cfg = from_dict(record["config"])
+    for a in attacks:
+        from .attacks import ATTACKS
+
+        lookup(ATTACKS, a, "attack")
+    device = device or pick_device(cfg.train.device)
+    if data is None:
+        data = build_data(cfg.data, cfg.seed)
+    x, y = data.x_test, data.y_test
+    n = n if n is not None else cfg.eval.n
+    if n is not None:
+        x, y = x[:n], y[:n]
+    eps = cfg.attack.eps if cfg.eval.eps is None else cfg.eval.eps
+    by_ckpt = dict(record.get("metrics_by_checkpoint") or {})
+    for which in checkpoints:
+        model, _ = load_run_model(run_dir, which, device)
+        t0 = time.perf_counter()
+        metrics = evaluate(model, x, y, list(attacks), eps, record["class_counts"], cfg.eval.batch_size,
+                           cfg.eval.head_frac, cfg.eval.tail_frac, progress=cfg.train.progress)
+        log(f"evaluated {which} checkpoint on {len(y)} test images in {time.perf_counter() - t0:.1f}s")
+        by_ckpt[which] = {**by_ckpt.get(which, {}), **metrics}
+    record["metrics_by_checkpoint"] = by_ckpt
+    record["metrics"] = by_ckpt.get("best") or by_ckpt.get("last")
+    record["eval"] = {"eps": eps, "n": int(len(y))}
+    record["status"] = "complete"
+    write_json_atomic(run_dir / RESULT, record)
+    return record
