@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from .config import Config, ConfigError, load_config
+from .report import format_table
 
 # Named flag -> dotted config key (SPEC section 7).
 FLAG_KEYS = {
@@ -186,37 +187,12 @@ def cmd_eval(args, extra) -> int:
     return 0
 
 
-def format_table(records: dict[str, dict]) -> str:
-    """Markdown table: one row per run; clean and each attack overall, plus tail/balanced/worst robust.
+def cmd_sweep(args, extra) -> int:
+    from .sweep import run_sweep
 
-    Written by hand: a dozen lines, and the Markdown form is what the README and reports show.
-    """
-    attack_names: list[str] = []
-    for rec in records.values():
-        for a in (rec.get("metrics") or {}):
-            if a not in attack_names:
-                attack_names.append(a)
-    robust = [a for a in attack_names if a != "clean"]
-    last = robust[-1] if robust else None
-    header = ["method", *attack_names]
-    if last:
-        header += [f"tail {last}", f"balanced {last}", f"worst-class {last}"]
-    header += ["best epoch", "s/epoch"]
-    rows = []
-    for name, rec in records.items():
-        m = rec.get("metrics") or {}
-        row = [name] + [f"{m[a]['overall']:.4f}" if a in m else "-" for a in attack_names]
-        if last:
-            row += [f"{m[last][k]:.4f}" if last in m else "-" for k in ("tail", "balanced", "worst")]
-        ep = rec.get("epochs") or []
-        secs = sum(e["train_seconds"] for e in ep) / len(ep) if ep else float("nan")
-        row += [str(rec.get("best_epoch")), f"{secs:.2f}"]
-        rows.append(row)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
-    return "\n".join(lines)
+    overrides = _parse_overrides(extra)
+    run_sweep(args.spec, args.out, overrides, quiet=True)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,6 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--which", default="best,last", help="best, last or best,last")
     e.add_argument("--device", default=None)
     e.set_defaults(func=cmd_eval)
+    from .sweep import preset_names
+
+    w = sub.add_parser("sweep", help="run a grid of runs from a YAML file or preset, resumably",
+                       description="Run every cell of a sweep (skipping finished cells, resuming interrupted "
+                                   "ones) and print the table. Dotted overrides apply to every cell.")
+    w.add_argument("spec", metavar="FILE|PRESET", help=f"sweep YAML or preset: {', '.join(preset_names())}")
+    w.add_argument("--out", metavar="DIR", help="folder for the cells (default runs/<sweep name>)")
+    w.set_defaults(func=cmd_sweep)
     return p
 
 
@@ -254,11 +238,12 @@ def main(argv: list[str] | None = None) -> int:
         args.data = "digits-lt"
     from .checkpoint import CheckpointError
     from .data import DataError
+    from .sweep import SweepError
     from .train import RunDirError
 
     try:
         return args.func(args, extra)
-    except (ConfigError, DataError, CheckpointError, RunDirError, CLIError, ValueError) as e:
+    except (ConfigError, DataError, CheckpointError, RunDirError, CLIError, SweepError, ValueError) as e:
         if os.environ.get("LTADV_DEBUG"):
             raise
         print(f"ltadv: error: {e}", file=sys.stderr)

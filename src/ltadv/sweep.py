@@ -1,0 +1,150 @@
+"""Sweeps: many runs from one YAML file, resumable cell by cell.
+
+A sweep file (or a built-in preset under ``ltadv/presets/sweeps/``) holds::
+
+    name: tau_b                # default output folder runs/<name>
+    base: {data.name: digits-lt}          # overrides shared by every cell (dotted or nested)
+    cells:                     # optional named cells, each a set of overrides
+      at: {method.name: at}
+      at_bsl: {method.name: at_bsl}
+    grid:                      # optional cartesian product over dotted keys
+      method.tau_b: [0.5, 1.0, 1.5]
+      seed: [0, 1]
+    relative_to: at_bsl        # optional: the table's time / memory ratios are to this cell
+
+Cells are the named cells times the grid (each alone when the other is absent). Each cell runs in
+its own process (so peak memory is per run) as ``ltadv train --out OUT/<cell>``; a cell whose
+``result.json`` is complete is skipped, one with a checkpoint is resumed, so an interrupted sweep
+restarted with the same command runs only what is missing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import ConfigError, dotted_to_nested, load_config, read_yaml, to_dict
+from .report import format_table
+from .results import RESULT, read_record
+
+SPEC_KEYS = {"name", "base", "cells", "grid", "relative_to", "description"}
+
+
+class SweepError(RuntimeError):
+    pass
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("ltadv") / "presets" / "sweeps"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_spec(spec: str) -> dict[str, Any]:
+    """A sweep file path, or the name of a built-in preset."""
+    path = Path(spec)
+    if not path.is_file():
+        res = resources.files("ltadv") / "presets" / "sweeps" / f"{spec}.yaml"
+        if not res.is_file():
+            raise ConfigError(f"sweep {spec!r} is neither a file nor a preset; presets: {', '.join(preset_names())}")
+        data = yaml.safe_load(res.read_text()) or {}
+    else:
+        data = read_yaml(path)
+    unknown = sorted(set(data) - SPEC_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown sweep key {unknown[0]!r}; known: {', '.join(sorted(SPEC_KEYS))}")
+    data.setdefault("name", path.stem if path.is_file() else spec)
+    return data
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _short(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def expand(spec: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """[(cell name, dotted overrides)] in a stable order."""
+    base = _flatten(spec.get("base") or {})
+    cells = [(name, _flatten(ov or {})) for name, ov in (spec.get("cells") or {}).items()] or [("", {})]
+    grid = spec.get("grid") or {}
+    keys = list(grid)
+    for k in keys:
+        if not isinstance(grid[k], list) or not grid[k]:
+            raise ConfigError(f"sweep grid {k!r} must be a non-empty list")
+    out = []
+    for name, ov in cells:
+        for values in itertools.product(*(grid[k] for k in keys)):
+            parts = [name] if name else []
+            parts += [f"{_short(k)}={v}" for k, v in zip(keys, values)]
+            cell = name if not keys else "__".join(parts)
+            out.append((cell or "run", {**base, **ov, **dict(zip(keys, values))}))
+    names = [n for n, _ in out]
+    if len(set(names)) != len(names):
+        raise ConfigError("sweep cells have clashing names")
+    return out
+
+
+def cell_status(run_dir: Path) -> str:
+    """complete | partial (a checkpoint to resume) | empty."""
+    try:
+        if read_record(run_dir).get("status") == "complete":
+            return "complete"
+    except ValueError:
+        pass
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        return "partial"
+    return "empty"
+
+
+def run_sweep(spec_name: str, out: str | Path | None = None, overrides: dict[str, Any] | None = None,
+              quiet: bool = True, log=print) -> dict[str, dict]:
+    spec = load_spec(spec_name)
+    out = Path(out or Path("runs") / spec["name"])
+    cells = expand(spec)
+    configs = {}
+    for name, ov in cells:  # every cell's config is checked before any cell runs
+        try:
+            configs[name] = load_config(overrides={**ov, **(overrides or {})})
+        except ConfigError as e:
+            raise ConfigError(f"sweep cell {name!r}: {e}") from None
+    cell_dir = out / "_cells"
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    for i, (name, cfg) in enumerate(configs.items(), 1):
+        run_dir = out / name
+        status = cell_status(run_dir)
+        if status == "complete":
+            log(f"[{i}/{len(configs)}] {name}: complete, skipped")
+            continue
+        cfg_file = cell_dir / f"{name}.yaml"
+        cfg_file.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        cmd = [sys.executable, "-m", "ltadv", "train", "--config", str(cfg_file), "--out", str(run_dir)]
+        cmd += ["--resume"] if status == "partial" else ["--force"]
+        if quiet:
+            cmd.append("--quiet")
+        log(f"[{i}/{len(configs)}] {name}: {'resuming' if status == 'partial' else 'training'}")
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise SweepError(f"sweep cell {name!r} failed: {last}")
+    records = {name: read_record(out / name) for name in configs}
+    table = format_table(records, relative_to=spec.get("relative_to"))
+    (out / "summary.md").write_text(f"# sweep {spec['name']}\n\n{table}\n")
+    log(table)
+    return records
+
+
+__all__ = ["SweepError", "dotted_to_nested", "expand", "load_spec", "preset_names", "run_sweep", "RESULT"]
