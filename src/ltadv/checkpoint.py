@@ -51,8 +51,11 @@ def load_state(path: str | Path, map_location="cpu", required: tuple[str, ...] =
     except Exception as e:  # torch raises many types for a damaged or hostile file
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [""]
         # torch's refusal of a pickled object spans many lines; the useful one names the object.
-        first = next((ln for ln in lines if "Unsupported global" in ln or "WeightsUnpickler error" in ln), lines[0])
-        raise CheckpointError(f"cannot load checkpoint {path} (damaged, or not a plain training state): "
+        first = next((ln for ln in lines if "global" in ln.lower() or "WeightsUnpickler" in ln), lines[0])
+        if "global" in first.lower():
+            raise CheckpointError(f"refusing checkpoint {path}: it asks to unpickle objects other than tensors "
+                                  f"({first}); it was not written by ltadv") from None
+        raise CheckpointError(f"cannot load checkpoint {path} (damaged or truncated?): "
                               f"{type(e).__name__}: {first}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a training state")
