@@ -1,4 +1,4 @@
-"""Command line: ``ltadv train | eval | run``. Choices come from the registries.
+"""Command line: ``ltadv train | eval | run | sweep | report``. Choices come from the registries.
 
 Any config field can be set as a dotted override after the named flags, e.g.
 ``ltadv train --data cifar10-lt --method.tau_b 1.5 --optim.batch_size 256``.
@@ -195,6 +195,22 @@ def cmd_sweep(args, extra) -> int:
     return 0
 
 
+def cmd_report(args, extra) -> int:
+    from .report import write_report
+
+    if extra:
+        raise CLIError(f"unrecognized argument {extra[0]!r}")
+    formats = [f for f in args.format.split(",") if f]
+    from .report import to_markdown
+
+    rep = write_report(args.runs_dir, args.out, formats, relative_to=args.relative_to, figures=not args.no_figures,
+                       log=lambda m: print(f"ltadv: {m}", file=sys.stderr))
+    for t in rep.tables[:2]:  # the class-wise table is too wide for a terminal: see the files
+        print(to_markdown(t))
+    print(f"report: {len(rep.paths)} files in {rep.out} ({rep.out / 'report.md'})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ltadv", description="Adversarial training under long-tailed distributions.")
     p.add_argument("--version", action="version", version=f"ltadv {__import__('ltadv').__version__}")
@@ -224,6 +240,17 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("spec", metavar="FILE|PRESET", help=f"sweep YAML or preset: {', '.join(preset_names())}")
     w.add_argument("--out", metavar="DIR", help="folder for the cells (default runs/<sweep name>)")
     w.set_defaults(func=cmd_sweep)
+    rp = sub.add_parser("report", help="tables and figures from every run record under a folder",
+                        description="Read every result.json under RUNS_DIR (recursively), average runs that "
+                                    "differ only in the seed (mean +- std), and write the method, cost and "
+                                    "class-wise tables and the figures (PNG and PDF).")
+    rp.add_argument("runs_dir", metavar="RUNS_DIR")
+    rp.add_argument("--out", metavar="DIR", help="output folder (default RUNS_DIR/report)")
+    rp.add_argument("--format", default="md,csv,tex", help="comma-separated table formats: md, csv, tex")
+    rp.add_argument("--relative-to", metavar="NAME", help="row label or run folder name: time and memory "
+                                                          "ratios are to it")
+    rp.add_argument("--no-figures", action="store_true", help="tables only")
+    rp.set_defaults(func=cmd_report)
     return p
 
 
