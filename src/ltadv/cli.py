@@ -236,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("sweep", help="run a grid of runs from a YAML file or preset, resumably",
                        description="Run every cell of a sweep (skipping finished cells, resuming interrupted "
-                                   "ones) and print the table. Dotted overrides apply to every cell.")
+                                   "ones), print the table and write the report (as `ltadv report DIR`) into "
+                                   "DIR/report. Dotted overrides apply to every cell.")
     w.add_argument("spec", metavar="FILE|PRESET", help=f"sweep YAML or preset: {', '.join(preset_names())}")
     w.add_argument("--out", metavar="DIR", help="folder for the cells (default runs/<sweep name>)")
     w.set_defaults(func=cmd_sweep)

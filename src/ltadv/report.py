@@ -330,8 +330,9 @@ def cost_table(groups: list[Group], relative_to: str | None = None) -> Table:
                 ok = c[k] is not None and rc[k] is not None and rc[k].mean > 0
                 row.append(Stat(c[k].mean / rc[k].mean, None, 1) if ok else None)
         rows.append(row)
+    note = "peak MB: peak CUDA memory allocated (on CPU: peak resident set)"
     return Table("cost", "Cost per epoch (mean +- std over seeds)", cols, rows,
-                 note="peak MB: peak memory of the run's device" + (f"; ratios of means to {ref.label}" if ref else ""))
+                 note=note + (f"; ratios of means to {ref.label}" if ref else ""))
 
 
 def classwise_table(groups: list[Group]) -> Table:

@@ -76,7 +76,7 @@ def overfitting_curves(groups: list[Group]) -> Figure:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy")
-    axes[0].legend(fontsize=8, title="* best epoch", title_fontsize=8)
+    axes[0].legend(fontsize=8, title="* best epoch", title_fontsize=8, loc="best")
     fig.tight_layout()
     return fig
 
