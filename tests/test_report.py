@@ -78,10 +78,14 @@ def runs(tmp_path):
 
 def test_load_records_skips_unfinished_and_corrupt(runs):
     root, recs = runs
+    bad = fake_record({}, np.random.default_rng(3))
+    bad["metrics"] = {"pgd20": 0.5}
+    write_run(root, "badmetrics", bad)
     notes = []
     found = load_records(root, log=notes.append)
     assert sorted(d.relative_to(root).as_posix() for d, _ in found) == sorted(recs)
     assert len([n for n in notes if n.startswith("warning:") and "broken" in n]) == 1
+    assert len([n for n in notes if n.startswith("warning:") and "badmetrics" in n]) == 1
     assert any(n.startswith("note:") and "unfinished" in n for n in notes)
     assert all("\n" not in n for n in notes)
 
@@ -92,6 +96,12 @@ def test_groups_and_labels(runs):
     assert [g.label for g in groups] == ["at, tau_b=1", "at_bsl, tau_b=1", "at_bsl, tau_b=2"]
     assert [len(g.runs) for g in groups] == [2, 1, 1]
     assert sorted(groups[0].seeds) == [0, 1]
+    # seeds evaluated with other attacks (or on another device) still average together
+    rng = np.random.default_rng(2)
+    a = fake_record({"seed": 0, "eval.attacks": ["clean", "pgd20"]}, rng)
+    b = fake_record({"seed": 1, "eval.attacks": ["clean", "pgd20", "aa"], "train.device": "cpu"}, rng)
+    (g,) = group_runs([(root / "a", a), (root / "b", b)])
+    assert g.label == "at_bsl" and len(g.runs) == 2
     assert make_labels([{"method.name": "at", "data.aug": ()}, {"method.name": "at", "data.aug": ("ra", "cutmix")}]) \
         == ["aug=none", "aug=ra+cutmix"]
     assert make_labels([{"attack.eps": 0.1, "eval.eps": 0.1}, {"attack.eps": 0.2, "eval.eps": 0.3}]) \

@@ -85,8 +85,10 @@ def format_table(records: Mapping[str, Mapping], relative_to: str | None = None)
 ATTACK_ORDER = ["clean", "fgsm", "pgd20", "cw", "lsa", "aa_torchattacks", "aa"]
 ATTACK_TITLES = {"clean": "clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw": "CW", "lsa": "LSA",
                  "aa": "AA", "aa_torchattacks": "AA-ta"}
-# Config keys that never change the science of a run: they neither split groups nor name rows.
-IGNORED_KEYS = {"seed", "data.root", "train.device", "train.progress"}
+# Config keys that do not change what a run learns: they neither split groups nor name rows (the
+# attacks evaluated show up as the metrics present, whatever eval.attacks said at training time).
+IGNORED_KEYS = {"seed", "data.root", "train.device", "train.progress", "train.compile", "eval.attacks",
+                "eval.batch_size", "eval.checkpoints"}
 
 
 class ReportError(ValueError):
@@ -118,11 +120,15 @@ def load_records(runs_dir: str | Path, log=print) -> list[tuple[Path, dict]]:
             rec = json.loads(path.read_text())
             if not isinstance(rec, dict) or not isinstance(rec.get("config"), dict):
                 raise ValueError("no 'config' entry")
+            metrics = rec.get("metrics") or {}
+            if not isinstance(metrics, dict) or not all(isinstance(m, dict) and "overall" in m
+                                                        for m in metrics.values()):
+                raise ValueError("'metrics' is not {attack: {overall, ...}}")
         except (OSError, UnicodeDecodeError, ValueError) as e:
             msg = f"{e.msg}, line {e.lineno}" if isinstance(e, json.JSONDecodeError) else str(e)
             log(f"warning: skipping {path}: not a valid run record ({msg})")
             continue
-        if rec.get("status") != "complete" or not rec.get("metrics"):
+        if rec.get("status", "complete") != "complete" or not rec.get("metrics"):
             incomplete.append(path.parent)
             continue
         found.append((path.parent, rec))

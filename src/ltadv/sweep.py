@@ -149,7 +149,8 @@ def run_sweep(spec_name: str, out: str | Path | None = None, overrides: dict[str
     (out / "summary.md").write_text(f"# sweep {spec['name']}\n\n{table}\n")
     log(table)
     if report:  # the same as `ltadv report OUT --out OUT/report` afterwards
-        rep = write_report(out, out / "report", relative_to=spec.get("relative_to"), log=log)
+        rel = spec.get("relative_to") if spec.get("relative_to") in configs else None  # a cell name
+        rep = write_report(out, out / "report", relative_to=rel, log=log)
         log(f"report: {len(rep.paths)} files in {rep.out}")
     return records
 
