@@ -121,6 +121,16 @@ def test_grouped_draws_differ_within_a_batch():
     assert len({tuple(img.flatten().tolist()) for img in out}) > 8
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", sorted(AUGMENTATIONS))
+def test_augmentations_run_on_cuda(name):
+    x, y = batch("cifar", 64)
+    out, target = build_pipeline((name,), True, 10, 32)(x.cuda(), y.cuda())
+    assert out.device.type == "cuda" and target.device.type == "cuda"
+    assert out.shape == x.shape and 0 <= out.min() and out.max() <= 1
+
+
 def test_auto_augment_family_rejects_other_channel_counts():
     with pytest.raises(ValueError, match="1- or 3-channel"):
         AUGMENTATIONS["ra"](10, 8)(torch.rand(4, 2, 8, 8), torch.zeros(4, dtype=torch.long))
@@ -207,6 +217,7 @@ def test_unknown_augmentation_is_one_clear_error(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_train_with_stacked_augmentations_end_to_end(tmp_path):
     out = tmp_path / "run"
     rc = cli.main(["train", "--data", "digits-lt", "--aug", "ra,cutmix", "--epochs", "1", "--attack.steps", "2",

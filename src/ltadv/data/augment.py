@@ -97,12 +97,14 @@ def per_image_groups(transform: Callable[[torch.Tensor], torch.Tensor], x: torch
     whole batch passed at once gets the *same* op. Calling them once per image restores the
     reference semantics but costs one Python call per image (~0.3 ms on CPU; on a GPU it is
     bound by kernel launches, far slower than the training step needs). Measured on 2 CPU cores
-    for a 128 x 3 x 32 x 32 uint8 batch, RandAugment: 1 call/batch ~38k img/s, 16 calls ~15k,
-    128 calls (per image) ~2k. We therefore split the batch into ``groups`` random groups and call
-    the transform once per group: every image's augmentation still has the reference's per-image
-    distribution (the draw is independent of which images share it), with ``groups`` independent
-    draws per batch. ``groups <= 0`` (or >= N) gives one draw per image. Images go through uint8,
-    as the reference's PIL path does (posterize, equalize and solarize are defined on 8-bit levels).
+    for a 128 x 3 x 32 x 32 uint8 batch, RandAugment: 1 call/batch ~38k img/s, 8 calls ~19k,
+    32 calls ~6.7k, 128 calls (per image) ~2k (benchmarks/bench_augment.py has the full table).
+    We therefore split the batch into ``groups`` random groups and call the transform once per
+    group: every image's augmentation still has the reference's per-image distribution (the draw
+    is independent of which images share it), with ``groups`` independent draws per batch (Mixup
+    and CutMix already share one lambda / box per batch in their reference code). ``groups <= 0``
+    (or >= N) gives one draw per image. Images go through uint8, as the reference's PIL path does
+    (posterize, equalize and solarize are defined on 8-bit levels).
     """
     if x.shape[1] not in (1, 3):
         raise ValueError(f"{name} works on 1- or 3-channel images, got {x.shape[1]} channels")
