@@ -177,7 +177,8 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
                           weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
     autocast, scaler = autocast_for(cfg, device)
     fwd = torch.compile(model) if cfg.train.compile else model
-    augment = build_pipeline(cfg.data.aug, cfg.data.crop_flip, data.num_classes, data.image_size)
+    augment = build_pipeline(cfg.data.aug, cfg.data.crop_flip, data.num_classes, data.image_size,
+                             groups=cfg.data.aug_groups)
 
     # Selection split: the held-out validation set, or the test set when reproducing the reference.
     x_sel, y_sel = (data.x_val, data.y_val) if cfg.eval.select_on == "val" else (data.x_test, data.y_test)
