@@ -95,7 +95,7 @@ def learn_weight_scales(model, data, cfg, epochs: int = 10, lr: float = 0.1, dev
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         log(f"LWS epoch {epoch + 1}/{epochs}  loss {total / len(order):.4f}")
     return g.detach()
 
