@@ -30,6 +30,7 @@ from ltadv.losses_lt import (
 from ltadv.methods import METHODS
 from ltadv.methods.baselines import BASELINES
 from ltadv.methods.reat import rbl_weights, tail_feature_loss
+from ltadv.report import group_runs
 
 COUNTS = [100, 25, 4]
 TINY = ["--data", "digits-lt", "--epochs", "1", "--attack.steps", "1", "--eval.n", "40", "--eval.val_n", "30",
@@ -242,4 +243,6 @@ def test_posthoc_tau_norm_and_lws_write_new_loadable_runs(tmp_path, capsys):
     x = torch.rand(3, 1, 8, 8)
     assert lws(x).shape == (3, 10)
     assert _digest(src) == before  # the source run is untouched
+    runs = [(d, json.loads((d / "result.json").read_text())) for d in (src, tmp_path / "tn", tmp_path / "lws")]
+    assert len(group_runs(runs)) == 3  # the report keeps post-hoc variants apart from their source
     assert main(["posthoc", str(src), "--tau-norm", "1", "--out", str(tmp_path / "tn")]) == 2  # exists: refused
