@@ -257,6 +257,8 @@ def group_runs(runs: list[tuple[Path, dict]]) -> list[Group]:
     by_key: dict[str, Group] = {}
     for run_dir, rec in runs:
         cfg = {k: v for k, v in flatten(rec["config"]).items() if k not in IGNORED_KEYS}
+        if rec.get("posthoc"):  # `ltadv posthoc` output: same config, other classifier, its own group
+            cfg["posthoc"] = rec["posthoc"]["kind"] + (f" {rec['posthoc']['tau']:g}" if "tau" in rec["posthoc"] else "")
         key = json.dumps(sorted((k, repr(v)) for k, v in cfg.items()))
         by_key.setdefault(key, Group("", cfg)).runs.append((run_dir, rec))
     groups = list(by_key.values())

@@ -22,6 +22,7 @@ from . import checkpoint as ckpt
 from . import distributed, reproducibility
 from .config import Config, ConfigError, from_dict
 from .data import AUGMENTATIONS, DATASETS, LTData, build_data, build_pipeline
+from .data.sampler import epoch_order
 from .evaluate import class_groups, evaluate, robust_flags, summarize, to_float
 from .methods import METHODS
 from .models import MODELS, Classifier, build_model, posthoc
@@ -209,6 +210,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
             scaler.load_state_dict(state["scaler"])
         _set_rng_state(dctx.pick_rng(state["rng"], log))
         start_epoch, best_score = int(state["epoch"]), float(state["best_score"])
+        method.load_state_dict(state.get("method_state") or {})
         record["epochs"], record["best_epoch"] = list(state["epochs"]), state["best_epoch"]
         log(f"resuming {out} after epoch {start_epoch}")
     else:
@@ -229,7 +231,9 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
             g["lr"] = lr_at(cfg, epoch)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)).to(device)
+        order = epoch_order(cfg.data.sampler, data.y_train, cfg.seed, epoch, cfg.train.epochs,
+                            cfg.data.resample_start).to(device)  # a seeded permutation unless re-sampling
+        method.set_epoch(epoch)
         order = dctx.shard(order)  # this process's disjoint part (all of it on one process)
         t0 = time.perf_counter()
         forward_calls[0] = 0
@@ -264,6 +268,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
             seen += len(idx)
             bar.set_postfix(loss=f"{total_loss / seen:.3f}")
         total_loss, total_correct, seen = dctx.all_sum(total_loss, total_correct, seen)
+        method.end_epoch()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_seconds = time.perf_counter() - t0
@@ -311,6 +316,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
             "epochs": record["epochs"],
             "config": cfg.to_dict(),
             "class_counts": data.class_counts,
+            "method_state": method.state_dict(),
         })
         write_json_atomic(out / RESULT, record)
         log(f"epoch {epoch + 1:3d}/{cfg.train.epochs}  loss {rec['train_loss']:.4f}  "

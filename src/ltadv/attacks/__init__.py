@@ -95,3 +95,6 @@ def clean(model, x, y, eps):
 def pgd20(model, x, y, eps):
     """PGD-20, step eps/4 (2/255 at 8/255), uniform random start, CE loss (SPEC section 5)."""
     return pgd(model, x, y, eps=eps, alpha=eps / 4, steps=20, random_start=True)
+
+
+from . import mim as _mim  # noqa: E402,F401  (registers ATTACKS["mim"])
