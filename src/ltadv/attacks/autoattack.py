@@ -36,6 +36,8 @@ from . import ATTACKS
 
 Stage = tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
 AA_SEED = 0
+# The official standard budget. Tests monkeypatch a smaller one; a weaker AA is never a product option.
+AA_BUDGET = {"n_iter": 100, "n_queries": 5000}
 
 
 class AttackUnavailable(ValueError):
@@ -64,17 +66,28 @@ def _device(model: torch.nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def autoattack_stages(model: torch.nn.Module, eps: float, num_classes: int, seed: int = AA_SEED) -> list[Stage]:
+def autoattack_stages(model: torch.nn.Module, eps: float, num_classes: int, seed: int = AA_SEED,
+                      n_iter: int = 100, n_queries: int = 5000) -> list[Stage]:
     """The four sub-attacks of standard L-inf AutoAttack as ``(name, fn(x, y) -> x_adv)``.
 
     Settings are the official ``version="standard"`` ones (set by ``pyautoattack.AutoAttack``);
     eps and the seed are passed explicitly and the device is the model's (the package defaults to
     CPU). With fewer than 10 classes the targeted attacks use the C - 1 other classes.
+    ``n_iter`` / ``n_queries`` other than 100 / 5000 give a weaker AutoAttack, for fast tests only.
     """
     from pyautoattack import AutoAttack
+    from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
 
-    aa = AutoAttack(model, device=_device(model), eps=float(eps), seed=seed, version="standard")
+    device = _device(model)
+    aa = AutoAttack(model, device=device, eps=float(eps), seed=seed, version="standard")
     aa.verbose = False
+    if n_iter != 100:  # APGD derives its step-size checkpoints from n_iter in __init__: rebuild it
+        common = dict(n_iter=n_iter, verbose=False, eps=float(eps), norm="Linf", eot_iter=1, rho=0.75, seed=seed,
+                      device=device, logger=aa.logger)
+        aa.apgd = APGDAttack(model, n_restarts=1, **common)
+        aa.apgd_targeted = APGDAttack_targeted(model, n_restarts=1, **common)
+        aa.fab.n_iter = n_iter
+    aa.square.n_queries = n_queries
     n_targets = min(9, num_classes - 1)
     aa.apgd_targeted.n_target_classes = n_targets
     aa.fab.n_target_classes = n_targets
@@ -231,8 +244,9 @@ def _num_classes(model: torch.nn.Module, x: torch.Tensor) -> int:
 
 def aa_flags(model, x, y, eps, correct=None, batch_size=500, state_path=None, progress=False, log=print) -> dict:
     """Standard AutoAttack as a resumable cascade on the clean-correct points (see :func:`run_cascade`)."""
-    stages = autoattack_stages(model, eps, _num_classes(model, x))
-    key = cascade_key(model, x, y, eps, [n for n, _ in stages], batch_size, AA_SEED)
+    stages = autoattack_stages(model, eps, _num_classes(model, x), **AA_BUDGET)
+    names = [n for n, _ in stages] + [f"{k}={v}" for k, v in sorted(AA_BUDGET.items())]
+    key = cascade_key(model, x, y, eps, names, batch_size, AA_SEED)
     return run_cascade(model, x, y, stages, correct, batch_size, state_path, key, progress, log=log)
 
 
@@ -240,7 +254,7 @@ def aa_flags(model, x, y, eps, correct=None, batch_size=500, state_path=None, pr
 def aa(model, x, y, eps):
     """Standard L-inf AutoAttack (APGD-CE, APGD-T, FAB-T, Square; Croce & Hein 2020, arXiv 2003.01690),
     official code via ``pyautoattack``, seed 0. Evaluation uses the resumable :func:`aa_flags`."""
-    stages = autoattack_stages(model, eps, _num_classes(model, x))
+    stages = autoattack_stages(model, eps, _num_classes(model, x), **AA_BUDGET)
     return run_cascade(model, x, y, stages, batch_size=max(len(x), 1), return_adv=True, log=lambda *a: None)["x_adv"]
 
 
