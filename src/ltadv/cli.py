@@ -189,7 +189,7 @@ def cmd_eval(args, extra) -> int:
     for w in which:
         print(f"-- {w} checkpoint" + (f" (epoch {record.get('best_epoch')})" if w == "best" else ""))
         print(format_table({name: {**record, "metrics": record["metrics_by_checkpoint"][w]}}))
-        print(format_attack_table(record["metrics_by_checkpoint"][w]))
+        print(format_attack_table(record["metrics_by_checkpoint"][w], (record.get("eval_seconds") or {}).get(w)))
         for warning in (record.get("sanity") or {}).get(w, []):
             print(f"warning: {warning}")
     return 0

@@ -140,18 +140,23 @@ def evaluate(
     progress: bool = False,
     state_dir: str | Path | None = None,
     flags_out: dict | None = None,
+    seconds_out: dict | None = None,
 ) -> dict[str, dict]:
     """{attack: summary} for every attack in ``attacks`` (``clean`` included when named).
 
-    Each summary also holds the attack's ``seconds`` (and ``stages`` for cascades); ``flags_out``,
-    when given, receives the per-sample flags.
+    Cascade summaries also hold ``stages`` (robust accuracy after each sub-attack); ``flags_out``
+    and ``seconds_out``, when given, receive the per-sample flags and each attack's seconds (kept out
+    of the summaries so that the metrics of a run are reproducible).
     """
     details: dict = {}
     flags = robust_flags(model, x, y, attacks, eps, batch_size, progress, state_dir, details)
     if flags_out is not None:
         flags_out.update(flags)
+    if seconds_out is not None:
+        seconds_out.update({k: v["seconds"] for k, v in details.items()})
     groups = class_groups(class_counts, head_frac, tail_frac)
-    return {name: {**summarize(flags[name], y, len(class_counts), groups), **details.get(name, {})}
+    return {name: {**summarize(flags[name], y, len(class_counts), groups),
+                   **({"stages": details[name]["stages"]} if "stages" in details.get(name, {}) else {})}
             for name in ["clean", *attacks] if name in flags and (name != "clean" or "clean" in attacks)}
 
 

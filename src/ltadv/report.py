@@ -66,13 +66,13 @@ def format_table(records: Mapping[str, Mapping], relative_to: str | None = None)
     return markdown_table(header, rows)
 
 
-def format_attack_table(metrics: Mapping[str, Mapping]) -> str:
+def format_attack_table(metrics: Mapping[str, Mapping], seconds: Mapping[str, float] | None = None) -> str:
     """One row per attack of one checkpoint: overall, balanced, head / medium / tail, worst class
     and the attack's seconds (AutoAttack: also the accuracy after each sub-attack)."""
     groups = ("overall", "balanced", "head", "medium", "tail", "worst")
     rows = []
     for name, m in metrics.items():
-        row = [name, *[_fmt(m.get(k)) for k in groups], _fmt(m.get("seconds"), 1)]
+        row = [name, *[_fmt(m.get(k)) for k in groups], _fmt((seconds or {}).get(name), 1)]
         stages = m.get("stages") or {}
         row.append(", ".join(f"{k} {v:.4f}" for k, v in stages.items()) or "-")
         rows.append(row)

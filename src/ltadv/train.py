@@ -336,13 +336,15 @@ def evaluate_run(
     eps = cfg.attack.eps if cfg.eval.eps is None else cfg.eval.eps
     by_ckpt = dict(record.get("metrics_by_checkpoint") or {})
     sanity, sweeps = dict(record.get("sanity") or {}), dict(record.get("eps_sweep") or {})
+    seconds = dict(record.get("eval_seconds") or {})
     for which in checkpoints:
         model, _ = load_run_model(run_dir, which, device)
         t0 = time.perf_counter()
-        flags: dict = {}
+        flags, secs = {}, {}
         metrics = evaluate(model, x, y, list(attacks), eps, record["class_counts"], cfg.eval.batch_size,
                            cfg.eval.head_frac, cfg.eval.tail_frac, progress=cfg.train.progress,
-                           state_dir=run_dir / EVAL_STATE / which, flags_out=flags)
+                           state_dir=run_dir / EVAL_STATE / which, flags_out=flags, seconds_out=secs)
+        seconds[which] = {**seconds.get(which, {}), **secs}
         log(f"evaluated {which} checkpoint on {len(y)} test images in {time.perf_counter() - t0:.1f}s")
         by_ckpt[which] = {**by_ckpt.get(which, {}), **metrics}
         flags = merge_saved_flags(run_dir / EVAL_STATE / which / "flags.pt", f"n={len(y)} eps={eps!r}", flags)
@@ -359,6 +361,7 @@ def evaluate_run(
             log(f"sanity checks ({which} checkpoint): no warnings")
     record["metrics_by_checkpoint"] = by_ckpt
     record["sanity"] = sanity
+    record["eval_seconds"] = seconds
     if sweeps:
         record["eps_sweep"] = sweeps
     record["metrics"] = by_ckpt.get("best") or by_ckpt.get("last")
