@@ -210,11 +210,19 @@ def cmd_eval(args, extra) -> int:
     for w in which:
         if w not in ("best", "last"):
             raise CLIError(f"--which takes best and/or last, got {w!r}")
-    record = evaluate_run(args.run_dir, attacks, checkpoints=which, n=args.n, device=args.device)
+    if args.n is not None and args.n < 1:
+        raise CLIError(f"--n must be >= 1, got {args.n}")
+    record = evaluate_run(args.run_dir, attacks, checkpoints=which, n=args.n, device=args.device,
+                          sweep_eps=args.eps_sweep)
     name = record["config"]["method"]["name"]
+    from .report import format_attack_table
+
     for w in which:
-        print(f"-- {w} checkpoint")
+        print(f"-- {w} checkpoint" + (f" (epoch {record.get('best_epoch')})" if w == "best" else ""))
         print(format_table({name: {**record, "metrics": record["metrics_by_checkpoint"][w]}}))
+        print(format_attack_table(record["metrics_by_checkpoint"][w], (record.get("eval_seconds") or {}).get(w)))
+        for warning in (record.get("sanity") or {}).get(w, []):
+            print(f"warning: {warning}")
     return 0
 
 
@@ -282,10 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Evaluate the best and/or last checkpoint of a run on the test split.")
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--attacks", default="clean,pgd20",
-                   help=f"comma-separated, from: {', '.join(sorted(_registries()['attack']))}")
+                   help=f"comma-separated, from: {', '.join(sorted(_registries()['attack']))} "
+                        f"(the full suite: clean,fgsm,pgd20,cw,lsa,aa)")
     e.add_argument("--n", type=int, default=None, help="evaluate the first N test images")
     e.add_argument("--which", default="best,last", help="best, last or best,last")
     e.add_argument("--device", default=None)
+    e.add_argument("--eps-sweep", action="store_true",
+                   help="sanity check: PGD-20 accuracy at eps x 1, 2, 4, 8 must fall and reach ~0")
     e.set_defaults(func=cmd_eval)
     from .sweep import preset_names
 
