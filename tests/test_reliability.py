@@ -387,8 +387,10 @@ def test_ddp_two_processes_train_resume_and_match_class_counts(tmp_path):
     # Images per epoch: the whole training set (+ wrap-around padding), split over two processes.
     assert rec["epochs"][0]["images_per_second"] * rec["epochs"][0]["train_seconds"] == pytest.approx(
         len(single.y_train) + len(single.y_train) % 2)
-    assert sorted(snapshot(full)) == ["checkpoints/best.safetensors", "checkpoints/last.pt",
-                                      "checkpoints/last.safetensors", "result.json"]  # no stray files of rank 1
+    files = sorted(snapshot(full))  # no stray files of rank 1 (eval_state/ holds rank 0's per-sample flags)
+    assert [f for f in files if not f.startswith("eval_state/")] == [
+        "checkpoints/best.safetensors", "checkpoints/last.pt", "checkpoints/last.safetensors", "result.json"]
+    assert all(f.startswith(("eval_state/best/", "eval_state/last/")) for f in files if f.startswith("eval_state/"))
     assert r.stdout.count("run record:") == 1  # only rank 0 talks
 
     cut = tmp_path / "ddp-cut"
