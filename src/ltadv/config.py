@@ -89,6 +89,7 @@ class Train:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
     compile: bool = False
+    fold_bn: bool = True  # attacks run on a BN-folded eval-mode copy of the model (same function, faster)
     progress: bool = True
     deterministic: bool = False  # torch.use_deterministic_algorithms on CUDA
 

@@ -22,6 +22,7 @@ from . import checkpoint as ckpt
 from .config import Config, ConfigError, from_dict
 from .data import AUGMENTATIONS, DATASETS, LTData, build_data, build_pipeline
 from .evaluate import class_groups, evaluate, robust_flags, summarize, to_float
+from .fast import EvalView, eval_view
 from .methods import METHODS
 from .models import MODELS, Classifier, build_model
 from .registry import lookup
@@ -150,6 +151,9 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
                           weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
     autocast, scaler = autocast_for(cfg, device)
     fwd = torch.compile(model) if cfg.train.compile else model
+    attack_model = eval_view(model, fold_bn=cfg.train.fold_bn, channels_last=channels_last)
+    if cfg.train.compile and attack_model is not model:
+        attack_model = torch.compile(attack_model)
     augment = build_pipeline(cfg.data.aug, cfg.data.crop_flip, data.num_classes, data.image_size)
 
     # Selection split: the held-out validation set, or the test set when reproducing the reference.
@@ -205,20 +209,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
             x, target = augment(x, y)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            model.eval()
-            with autocast():
-                x_adv = method.perturb(fwd, x, target)
-            model.train()
-            with autocast():
-                out_m = method.loss(fwd, x, x_adv, target)
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(out_m["loss"]).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                out_m["loss"].backward()
-                opt.step()
+            out_m = train_step(model, fwd, attack_model, method, opt, x, target, autocast, scaler)
             total_loss += float(out_m["loss"].detach()) * len(idx)
             hard = target if target.dim() == 1 else target.argmax(1)
             total_correct += int((out_m["logits"].detach().argmax(1) == hard).sum())
@@ -273,6 +264,31 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     record["status"] = "trained"
     write_json_atomic(out / RESULT, record)
     return evaluate_run(out, cfg.eval.attacks, checkpoints=cfg.eval.checkpoints, data=data, log=log)
+
+
+def train_step(model, fwd, attack_model, method, opt, x, target, autocast, scaler) -> dict:
+    """One adversarial training step: attack in eval mode, then an SGD step on the method's loss.
+
+    ``attack_model`` is the model itself or its :class:`~ltadv.fast.EvalView` (BN folded,
+    channels_last), refreshed here from the live weights so the attack sees the current model.
+    """
+    if isinstance(getattr(attack_model, "_orig_mod", attack_model), EvalView):
+        getattr(attack_model, "_orig_mod", attack_model).refresh()
+    model.eval()
+    with autocast():
+        x_adv = method.perturb(attack_model if attack_model is not model else fwd, x, target)
+    model.train()
+    with autocast():
+        out = method.loss(fwd, x, x_adv, target)
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(out["loss"]).backward()
+        scaler.step(opt)
+        scaler.update()
+    else:
+        out["loss"].backward()
+        opt.step()
+    return out
 
 
 def load_run_model(run_dir: str | Path, which: str = "best", device=None) -> tuple[Classifier, dict]:
