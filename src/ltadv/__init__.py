@@ -15,8 +15,12 @@ def load_model(run_dir: str | Path, which: str = "best", device=None):
     """The trained model of a run folder as an eval-mode ``nn.Module`` on pixels in [0, 1].
 
     ``which`` is ``"best"`` (chosen on the validation split, or the test split with
-    ``eval.select_on test``) or ``"last"``.
+    ``eval.select_on test``) or ``"last"``. ``run_dir`` may also be a file written by ``ltadv export``.
     """
+    if str(run_dir).endswith(".safetensors"):
+        from .export import load_exported
+
+        return load_exported(run_dir, device)[0]
     from .train import load_run_model
 
     model, _ = load_run_model(run_dir, which, device)

@@ -31,7 +31,7 @@ from .fast import eval_view
 from .losses import balanced_softmax_loss
 from .methods import METHODS
 from .models import build_model
-from .train import autocast_for, pick_device, train_step
+from .train import autocast_for, memory_layouts, pick_device, train_step
 
 CIFAR_STATS = ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616))
 
@@ -136,14 +136,14 @@ def run_bench(model_name: str = "resnet18", batch_size: int = 128, rounds: int =
     base = build_model(model_name, 10, 3, *CIFAR_STATS).to(dev)
     ref_model = copy.deepcopy(base)
     our_model = copy.deepcopy(base)
-    channels_last = dev.type == "cuda" or cfg.model.channels_last == "on" or cfg.model.channels_last == "auto"
+    channels_last, view_channels_last = memory_layouts(cfg, dev)
     if channels_last:
         our_model = our_model.to(memory_format=torch.channels_last)
     ref_opt = torch.optim.SGD(ref_model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     our_opt = torch.optim.SGD(our_model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     method = METHODS["at_bsl"](cfg, counts)
     autocast, scaler = autocast_for(cfg, dev)
-    view = eval_view(our_model, fold_bn=True, channels_last=channels_last)
+    view = eval_view(our_model, fold_bn=cfg.train.fold_bn, channels_last=view_channels_last)
     augment = build_pipeline((), True, 10, 32)
     x_u8 = torch.from_numpy(x_hwc).permute(0, 3, 1, 2).contiguous().to(dev)
     y_all = torch.from_numpy(y_np).to(dev)

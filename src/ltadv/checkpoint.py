@@ -10,6 +10,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .results import main_process_only
+
+# What ``train`` needs from ``last.pt``; a file without them is not an ltadv training state.
+STATE_KEYS = ("model", "optimizer", "rng", "epoch", "config", "class_counts")
+
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt or from another model; the message names the file."""
@@ -21,27 +26,46 @@ def _atomic(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        with open(tmp, "rb") as f:  # on disk before the rename, so a crash leaves the old or the new file
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+@main_process_only
 def save_state(path: str | Path, state: dict[str, Any]) -> None:
     """Training state (model, optimiser, RNG, epoch, ...) via torch.save, written atomically."""
     _atomic(Path(path), lambda tmp: torch.save(state, tmp))
 
 
-def load_state(path: str | Path, map_location="cpu") -> dict[str, Any]:
+def load_state(path: str | Path, map_location="cpu", required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A training state saved by :func:`save_state`. Only tensors and plain containers are unpickled
+    (``weights_only=True``): a file that asks for any other object is refused without running it."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for a damaged or hostile file
-        raise CheckpointError(f"cannot load checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [""]
+        # torch's refusal of a pickled object spans many lines; the useful one names the object.
+        first = next((ln for ln in lines if "global" in ln.lower() or "WeightsUnpickler" in ln), lines[0])
+        if "global" in first.lower():
+            raise CheckpointError(f"refusing checkpoint {path}: it asks to unpickle objects other than tensors "
+                                  f"({first}); it was not written by ltadv") from None
+        raise CheckpointError(f"cannot load checkpoint {path} (damaged or truncated?): "
+                              f"{type(e).__name__}: {first}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a training state")
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is not an ltadv training state (no {', '.join(missing)})")
+    return state
 
 
+@main_process_only
 def save_weights(path: str | Path, model: torch.nn.Module) -> None:
     """Model weights as safetensors (no pickle)."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}

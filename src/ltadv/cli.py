@@ -109,6 +109,44 @@ def _config_from_args(args, extra: list[str], method: str | None = None) -> Conf
     return load_config(args.config, overrides)
 
 
+def _given_settings(args, extra: list[str]) -> dict[str, Any]:
+    """The config fields this command line sets explicitly (--config file, flags, dotted overrides)."""
+    from .config import read_yaml
+
+    def flat(d: dict, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    given = flat(read_yaml(args.config)) if args.config else {}
+    given.update(_parse_overrides(extra))
+    given.update({key: getattr(args, flag) for flag, key in FLAG_KEYS.items() if getattr(args, flag, None) is not None})
+    return given
+
+
+def _resume_config(out: Path, args, extra: list[str]) -> Config:
+    """The saved run's config with this command line's settings applied on top. ``train`` refuses the
+    ones that would change the training (a resumed run is the same run); with nothing saved, the
+    command line's own config starts the run."""
+    from .checkpoint import STATE_KEYS, load_state
+    from .config import from_dict, replace
+    from .results import read_record
+
+    given = _given_settings(args, extra)
+    if (out / "result.json").is_file():
+        saved = read_record(out)["config"]
+    elif (out / "checkpoints" / "last.pt").is_file():
+        saved = load_state(out / "checkpoints" / "last.pt", required=STATE_KEYS)["config"]
+    elif given:
+        return _config_from_args(args, extra)
+    else:
+        raise CLIError(f"nothing to resume in {out}: no result.json or checkpoints/last.pt there")
+    if args.quiet:
+        given["train.progress"] = False
+    return replace(from_dict(saved), **given)
+
+
 def _resume_dir(args) -> tuple[Path | None, bool]:
     if isinstance(args.resume, str):
         if args.out and Path(args.out) != Path(args.resume):
@@ -129,14 +167,7 @@ def cmd_train(args, extra) -> int:
     out, resume = _resume_dir(args)
     if resume and out is None:
         raise CLIError("--resume needs the run folder: --resume RUN_DIR")
-    if resume and out is not None and (out / "result.json").is_file() and args.config is None and not extra \
-            and all(getattr(args, f) is None for f in FLAG_KEYS):
-        from .config import from_dict
-        from .results import read_record
-
-        cfg = from_dict(read_record(out)["config"])
-    else:
-        cfg = _config_from_args(args, extra)
+    cfg = _resume_config(out, args, extra) if resume else _config_from_args(args, extra)
     out = out or _default_out(cfg, cfg.method.name)
     record = train(cfg, out, resume=resume, force=args.force)
     print(format_table({cfg.method.name: record}))
@@ -195,6 +226,16 @@ def cmd_sweep(args, extra) -> int:
     return 0
 
 
+def cmd_export(args, extra) -> int:
+    from .export import export_weights
+
+    if extra:
+        raise CLIError(f"unrecognized argument {extra[0]!r}")
+    path = export_weights(args.run_dir, args.which, args.out, force=args.force)
+    print(f"wrote {args.which} weights of {args.run_dir} to {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ltadv", description="Adversarial training under long-tailed distributions.")
     p.add_argument("--version", action="version", version=f"ltadv {__import__('ltadv').__version__}")
@@ -224,6 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("spec", metavar="FILE|PRESET", help=f"sweep YAML or preset: {', '.join(preset_names())}")
     w.add_argument("--out", metavar="DIR", help="folder for the cells (default runs/<sweep name>)")
     w.set_defaults(func=cmd_sweep)
+    x = sub.add_parser("export", help="write a run's weights as one self-describing safetensors file",
+                       description="Write the best or last weights of a run, with its config as metadata, to one "
+                                   "safetensors file (ltadv.load_model accepts it).")
+    x.add_argument("run_dir", metavar="RUN_DIR")
+    x.add_argument("--which", default="best", choices=["best", "last"])
+    x.add_argument("--out", metavar="FILE.safetensors", help="default: RUN_DIR/<name>-<which>.safetensors")
+    x.add_argument("--force", action="store_true", help="replace an existing file")
+    x.set_defaults(func=cmd_export)
     return p
 
 

@@ -43,7 +43,7 @@ class Data:
 class Model:
     name: str = "resnet18"
     head: str = "linear"  # linear | cosine (RoBal)
-    channels_last: str = "auto"  # auto (on CUDA) | on | off
+    channels_last: str = "auto"  # auto: model on CUDA, attack view always | on | off
 
 
 @dataclass(frozen=True)

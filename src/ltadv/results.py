@@ -5,9 +5,11 @@ Written atomically (temp file + rename) so a crash never leaves a half-written r
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,23 @@ from typing import Any
 RESULT = "result.json"
 
 
+def is_main_process() -> bool:
+    """True unless this is a non-zero rank of an initialised torch.distributed process group."""
+    dist = sys.modules.get("torch.distributed")  # never import torch just to ask
+    return dist is None or not dist.is_available() or not dist.is_initialized() or dist.get_rank() == 0
+
+
+def main_process_only(fn):
+    """Decorator for the functions that write a run folder: a no-op on distributed ranks other than 0."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return fn(*args, **kwargs) if is_main_process() else None
+
+    return wrapper
+
+
+@main_process_only
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,78 @@
+"""``ltadv export``: a run's weights as one self-describing safetensors file (no pickle anywhere).
+
+The file holds the tensors plus string metadata (the resolved config, model_meta, class counts,
+which checkpoint and its epoch), so :func:`load_exported` rebuilds the model from the file alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from . import checkpoint as ckpt
+from .config import from_dict
+from .train import load_run_model, make_model
+
+FORMAT = "ltadv-weights-1"
+
+
+class ExportError(ValueError):
+    """The export cannot be written as asked (existing file, wrong suffix)."""
+
+
+def export_weights(run_dir: str | Path, which: str = "best", out: str | Path | None = None,
+                   force: bool = False) -> Path:
+    """Write ``run_dir``'s ``which`` weights to ``out`` (``.safetensors``); refuse to overwrite without force."""
+    run_dir = Path(run_dir)
+    out = Path(out) if out is not None else run_dir / f"{run_dir.name}-{which}.safetensors"
+    if out.suffix != ".safetensors":
+        raise ExportError(f"export file must end in .safetensors, got {out}")
+    if out.exists() and not force:
+        raise ExportError(f"{out} already exists; pass --force to replace it")
+    model, record = load_run_model(run_dir, which)  # checks the weights fit the run's model
+    epochs = record.get("epochs") or []
+    epoch = record.get("best_epoch") if which == "best" else (epochs[-1]["epoch"] if epochs else None)
+    metadata = {
+        "format": FORMAT,
+        "which": which,
+        "epoch": json.dumps(epoch),
+        "config": json.dumps(record["config"]),
+        "model_meta": json.dumps(record["model_meta"]),
+        "class_counts": json.dumps(record["class_counts"]),
+    }
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata=metadata)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def load_exported(path: str | Path, device=None):
+    """(eval-mode model, metadata) from a file written by :func:`export_weights`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ckpt.CheckpointError(f"weights not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:
+        raise ckpt.CheckpointError(f"cannot read weights {path}: {e}") from None
+    if meta.get("format") != FORMAT:
+        raise ckpt.CheckpointError(f"{path} is not an ltadv export (no '{FORMAT}' metadata); "
+                                   f"load a run folder instead")
+    cfg = from_dict(json.loads(meta["config"]))
+    model = make_model(cfg, json.loads(meta["model_meta"]))
+    ckpt.load_weights(path, model)
+    return model.to(device or "cpu").eval(), {k: (v if k in ("format", "which") else json.loads(v))
+                                               for k, v in meta.items()}
