@@ -1,4 +1,4 @@
-"""Command line: ``ltadv train | eval | run``. Choices come from the registries.
+"""Command line: ``ltadv train | eval | run | sweep | report``. Choices come from the registries.
 
 Any config field can be set as a dotted override after the named flags, e.g.
 ``ltadv train --data cifar10-lt --method.tau_b 1.5 --optim.batch_size 256``.
@@ -236,6 +236,22 @@ def cmd_export(args, extra) -> int:
     return 0
 
 
+def cmd_report(args, extra) -> int:
+    from .report import write_report
+
+    if extra:
+        raise CLIError(f"unrecognized argument {extra[0]!r}")
+    formats = [f for f in args.format.split(",") if f]
+    from .report import to_markdown
+
+    rep = write_report(args.runs_dir, args.out, formats, relative_to=args.relative_to, figures=not args.no_figures,
+                       log=lambda m: print(f"ltadv: {m}", file=sys.stderr))
+    for t in rep.tables[:2]:  # the class-wise table is too wide for a terminal: see the files
+        print(to_markdown(t))
+    print(f"report: {len(rep.paths)} files in {rep.out} ({rep.out / 'report.md'})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ltadv", description="Adversarial training under long-tailed distributions.")
     p.add_argument("--version", action="version", version=f"ltadv {__import__('ltadv').__version__}")
@@ -261,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("sweep", help="run a grid of runs from a YAML file or preset, resumably",
                        description="Run every cell of a sweep (skipping finished cells, resuming interrupted "
-                                   "ones) and print the table. Dotted overrides apply to every cell.")
+                                   "ones), print the table and write the report (as `ltadv report DIR`) into "
+                                   "DIR/report. Dotted overrides apply to every cell.")
     w.add_argument("spec", metavar="FILE|PRESET", help=f"sweep YAML or preset: {', '.join(preset_names())}")
     w.add_argument("--out", metavar="DIR", help="folder for the cells (default runs/<sweep name>)")
     w.set_defaults(func=cmd_sweep)
@@ -273,6 +290,17 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", metavar="FILE.safetensors", help="default: RUN_DIR/<name>-<which>.safetensors")
     x.add_argument("--force", action="store_true", help="replace an existing file")
     x.set_defaults(func=cmd_export)
+    rp = sub.add_parser("report", help="tables and figures from every run record under a folder",
+                        description="Read every result.json under RUNS_DIR (recursively), average runs that "
+                                    "differ only in the seed (mean +- std), and write the method, cost and "
+                                    "class-wise tables and the figures (PNG and PDF).")
+    rp.add_argument("runs_dir", metavar="RUNS_DIR")
+    rp.add_argument("--out", metavar="DIR", help="output folder (default RUNS_DIR/report)")
+    rp.add_argument("--format", default="md,csv,tex", help="comma-separated table formats: md, csv, tex")
+    rp.add_argument("--relative-to", metavar="NAME", help="row label or run folder name: time and memory "
+                                                          "ratios are to it")
+    rp.add_argument("--no-figures", action="store_true", help="tables only")
+    rp.set_defaults(func=cmd_report)
     return p
 
 

@@ -5,7 +5,8 @@ arXiv 2403.10073: CIFAR-10-LT (IR 50), ResNet-18, PGD-10 (eps 8/255, step 2/255)
 SGD lr 0.1 / momentum 0.9 / weight decay 5e-4, batch 128, 100 epochs, lr x0.1 at 75 and x0.01 at 90.
 
 Resolution order, later wins: these defaults < the dataset preset (``ltadv/presets/<data>.yaml``) <
-the user's YAML (``--config``) < command-line flags and dotted overrides (``--method.tau_b 1.5``).
+the method preset (``ltadv/presets/methods/<method>.yaml``, e.g. RoBal's tau_b 1.5) < the user's YAML
+(``--config``) < command-line flags and dotted overrides (``--method.tau_b 1.5``).
 Unknown keys and values of the wrong type are a :class:`ConfigError` naming the key.
 """
 
@@ -69,7 +70,8 @@ class Attack:
     eps: float = 8 / 255
     alpha: float | None = None  # step size; None: eps / 4 (2/255 at eps 8/255)
     steps: int = 10
-    init: str = "normal"  # normal: x + 0.001 N(0,1) (reference) | uniform: U(-eps, eps) | zero
+    # normal: x + 0.001 N(0,1) (reference) | uniform: U(-eps, eps) | uniform_plus: U[0, eps) (RoBal) | zero
+    init: str = "normal"
 
 
 @dataclass(frozen=True)
@@ -261,13 +263,24 @@ def preset(data_name: str) -> dict[str, Any]:
     return yaml.safe_load(res.read_text()) or {}
 
 
+def method_preset(method_name: str) -> dict[str, Any]:
+    """A method's own defaults where they differ from the AT-BSL reference (``presets/methods/<name>.yaml``),
+    e.g. RoBal's tau_b = 1.5; applied after the dataset preset and before the user's YAML and flags."""
+    res = resources.files("ltadv") / "presets" / "methods" / f"{method_name}.yaml"
+    if not res.is_file():
+        return {}
+    return yaml.safe_load(res.read_text()) or {}
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Resolve a :class:`Config` from defaults, dataset preset, YAML file and dotted overrides."""
+    """Resolve a :class:`Config` from defaults, dataset preset, method preset, YAML file and dotted overrides."""
     user = read_yaml(path) if path else {}
     cli = dotted_to_nested(overrides or {})
     merged_user = _merge(user, cli)
     data_name = (merged_user.get("data") or {}).get("name", Data.name)
-    raw = _merge(_merge(to_dict(Config()), preset(str(data_name))), merged_user)
+    method_name = (merged_user.get("method") or {}).get("name", Method.name)
+    raw = _merge(_merge(to_dict(Config()), preset(str(data_name))), method_preset(str(method_name)))
+    raw = _merge(raw, merged_user)
     cfg = _build(Config, raw, "")
     validate(cfg)
     return cfg
@@ -294,8 +307,8 @@ def validate(cfg: Config) -> None:
         (cfg.attack.eps >= 0, f"attack.eps must be >= 0, got {cfg.attack.eps}"),
         (cfg.attack.alpha is None or cfg.attack.alpha > 0, f"attack.alpha must be > 0, got {cfg.attack.alpha}"),
         (cfg.attack.steps >= 1, f"attack.steps must be >= 1, got {cfg.attack.steps}"),
-        (cfg.attack.init in ("normal", "uniform", "zero"),
-         f"attack.init must be normal, uniform or zero, got {cfg.attack.init!r}"),
+        (cfg.attack.init in ("normal", "uniform", "uniform_plus", "zero"),
+         f"attack.init must be normal, uniform, uniform_plus or zero, got {cfg.attack.init!r}"),
         (cfg.eval.eps is None or cfg.eval.eps >= 0, f"eval.eps must be >= 0, got {cfg.eval.eps}"),
         (cfg.data.imbalance_ratio >= 1,
          f"data.imbalance_ratio must be >= 1 (n_max / n_min), got {cfg.data.imbalance_ratio}"),
@@ -315,6 +328,8 @@ def validate(cfg: Config) -> None:
         (cfg.method.tau_b >= 0, f"method.tau_b must be >= 0, got {cfg.method.tau_b}"),
         (cfg.method.beta >= 0, f"method.beta must be >= 0, got {cfg.method.beta}"),
         (cfg.method.s > 0, f"method.s must be > 0, got {cfg.method.s}"),
+        (cfg.method.gamma >= 0, f"method.gamma must be >= 0, got {cfg.method.gamma}"),
+        (cfg.method.tau_m >= 0, f"method.tau_m must be >= 0, got {cfg.method.tau_m}"),
         (cfg.eval.select_on in ("val", "test"), f"eval.select_on must be val or test, got {cfg.eval.select_on!r}"),
         (cfg.eval.select_on == "test" or cfg.data.val_per_class >= 1,
          "eval.select_on val needs a validation split: set data.val_per_class >= 1 (or eval.select_on test)"),

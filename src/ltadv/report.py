@@ -1,9 +1,17 @@
-"""Tables (and, later, figures) as pure functions over run records (``result.json`` dicts)."""
+"""Tables as pure functions over run records (``result.json`` dicts); figures in ``report_figures``."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import math
+import statistics
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .results import RESULT
 
 
 def _fmt(v, digits: int = 4) -> str:
@@ -64,3 +72,428 @@ def format_table(records: Mapping[str, Mapping], relative_to: str | None = None)
                     _fmt(c["peak_mb"] / ref["peak_mb"], 2) if ref["peak_mb"] else "-"]
         rows.append(row)
     return markdown_table(header, rows)
+
+
+# ---------------------------------------------------------------------------------------------------
+# `ltadv report`: every run record under a folder -> seed-averaged tables (Markdown, CSV, LaTeX) and
+# figures (report_figures.py). Runs whose configs differ only in the seed form one group (mean +- std).
+# Tables are hand-written in the three formats because pandas is not a dependency and the formats
+# needed here are a few lines each.
+# ---------------------------------------------------------------------------------------------------
+
+# Display order and names of the attacks (the AT-BSL paper's table order); unknown attacks follow.
+ATTACK_ORDER = ["clean", "fgsm", "pgd20", "cw", "lsa", "aa_torchattacks", "aa"]
+ATTACK_TITLES = {"clean": "clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw": "CW", "lsa": "LSA",
+                 "aa": "AA", "aa_torchattacks": "AA-ta"}
+# Config keys that do not change what a run learns: they neither split groups nor name rows (the
+# attacks evaluated show up as the metrics present, whatever eval.attacks said at training time).
+IGNORED_KEYS = {"seed", "data.root", "train.device", "train.progress", "train.compile", "eval.attacks",
+                "eval.batch_size", "eval.checkpoints"}
+
+
+class ReportError(ValueError):
+    pass
+
+
+def flatten(d: Mapping, prefix: str = "") -> dict:
+    """Nested config dict -> {"method.tau_b": 1.5, ...}; lists become tuples (hashable)."""
+    out: dict = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def load_records(runs_dir: str | Path, log=print) -> list[tuple[Path, dict]]:
+    """[(run folder, record)] for every complete ``result.json`` under ``runs_dir`` (recursively, sorted).
+
+    An unfinished run is left out with a note; a file that is not a valid record gets a one-line
+    warning; neither stops the report."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise ReportError(f"runs folder not found: {runs_dir}")
+    found, incomplete = [], []
+    for path in sorted(runs_dir.rglob(RESULT)):
+        try:
+            rec = json.loads(path.read_text())
+            if not isinstance(rec, dict) or not isinstance(rec.get("config"), dict):
+                raise ValueError("no 'config' entry")
+            metrics = rec.get("metrics") or {}
+            if not isinstance(metrics, dict) or not all(isinstance(m, dict) and "overall" in m
+                                                        for m in metrics.values()):
+                raise ValueError("'metrics' is not {attack: {overall, ...}}")
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            msg = f"{e.msg}, line {e.lineno}" if isinstance(e, json.JSONDecodeError) else str(e)
+            log(f"warning: skipping {path}: not a valid run record ({msg})")
+            continue
+        if rec.get("status", "complete") != "complete" or not rec.get("metrics"):
+            incomplete.append(path.parent)
+            continue
+        found.append((path.parent, rec))
+    if incomplete:
+        log(f"note: skipping {len(incomplete)} unfinished run(s): {', '.join(str(p) for p in incomplete)}")
+    return found
+
+
+@dataclass
+class Stat:
+    """Mean and sample standard deviation (n - 1) of one number over a group's seeds."""
+
+    mean: float
+    std: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values) -> Stat | None:
+        vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        if not vals:
+            return None
+        return cls(statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None, len(vals))
+
+
+@dataclass
+class Group:
+    """Runs whose configs are equal up to the seed (and the keys in IGNORED_KEYS)."""
+
+    label: str
+    config: dict  # flattened, without the ignored keys
+    runs: list[tuple[Path, dict]] = field(default_factory=list)
+
+    @property
+    def records(self) -> list[dict]:
+        return [r for _, r in self.runs]
+
+    @property
+    def seeds(self) -> list:
+        return [r["config"].get("seed") for r in self.records]
+
+    def attacks(self) -> list[str]:
+        names = {a for r in self.records for a in r.get("metrics") or {}}
+        return sort_attacks(names)
+
+    def stat(self, attack: str, key: str = "overall") -> Stat | None:
+        return Stat.of((r.get("metrics") or {}).get(attack, {}).get(key) for r in self.records)
+
+    def per_class(self, attack: str) -> list[Stat | None]:
+        rows = [r["metrics"][attack]["per_class"] for r in self.records if attack in (r.get("metrics") or {})]
+        width = max((len(p) for p in rows), default=0)
+        return [Stat.of(p[i] for p in rows if i < len(p)) for i in range(width)]
+
+    def cost(self) -> dict[str, Stat | None]:
+        costs = [cost(r) for r in self.records]
+        return {k: Stat.of(c[k] for c in costs) for k in ("train_s", "eval_s", "peak_mb")}
+
+    def class_counts(self) -> list[int]:
+        return list(self.records[0].get("class_counts") or [])
+
+
+def sort_attacks(names) -> list[str]:
+    return sorted(names, key=lambda a: (ATTACK_ORDER.index(a) if a in ATTACK_ORDER else len(ATTACK_ORDER), a))
+
+
+def main_attack(groups: list[Group]) -> str | None:
+    """The strongest robust attack that every group was evaluated with (AA > ... > FGSM)."""
+    common = set.intersection(*(set(g.attacks()) for g in groups)) if groups else set()
+    robust = [a for a in sort_attacks(common) if a != "clean"]
+    known = [a for a in robust if a in ATTACK_ORDER]
+    return (known or robust or [None])[-1]
+
+
+def _value_text(key: str, v) -> str:
+    if key == "data.aug":
+        return "+".join(v) if v else "none"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def differing_keys(configs: list[dict]) -> list[str]:
+    """Flattened keys whose values are not the same in every config, in config order."""
+    keys: list[str] = []
+    for c in configs:
+        keys += [k for k in c if k not in keys]
+    return [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
+
+
+def make_labels(configs: list[dict]) -> list[str]:
+    """A readable row label per config from what differs: ``at_bsl, tau_b=1.5, aug=ra+cutmix``.
+
+    The method name stands alone; other keys are written by their last part (the full dotted key when
+    two differing keys share it). With nothing differing, the method name."""
+    diff = differing_keys(configs)
+    diff = ([k for k in diff if k == "method.name"] + [k for k in diff if k != "method.name"])
+    shorts = [k.rsplit(".", 1)[-1] for k in diff]
+    names = {"aug": "aug"}
+    labels = []
+    for c in configs:
+        parts = []
+        for k, s in zip(diff, shorts):
+            if k == "method.name":
+                parts.append(str(c.get(k)))
+                continue
+            name = s if shorts.count(s) == 1 else k
+            parts.append(f"{names.get(name, name)}={_value_text(k, c.get(k))}")
+        labels.append(", ".join(parts) or str(c.get("method.name", "run")))
+    return labels
+
+
+def _sort_key(v):
+    if v is None:
+        return (0, 0, "")
+    if isinstance(v, bool):
+        return (1, int(v), "")
+    if isinstance(v, (int, float)):
+        return (1, v, "")
+    if isinstance(v, tuple):
+        return (2, len(v), "+".join(map(str, v)))
+    return (3, 0, str(v))
+
+
+def group_runs(runs: list[tuple[Path, dict]]) -> list[Group]:
+    """Group runs that differ only in the seed; label the groups by their config differences and sort
+    them by the differing values (numbers numerically, augmentation lists by length)."""
+    by_key: dict[str, Group] = {}
+    for run_dir, rec in runs:
+        cfg = {k: v for k, v in flatten(rec["config"]).items() if k not in IGNORED_KEYS}
+        key = json.dumps(sorted((k, repr(v)) for k, v in cfg.items()))
+        by_key.setdefault(key, Group("", cfg)).runs.append((run_dir, rec))
+    groups = list(by_key.values())
+    diff = differing_keys([g.config for g in groups])
+    diff = [k for k in diff if k == "method.name"] + [k for k in diff if k != "method.name"]
+    groups.sort(key=lambda g: [_sort_key(g.config.get(k)) for k in diff])
+    for g, label in zip(groups, make_labels([g.config for g in groups])):
+        g.label = label
+    return groups
+
+
+def find_group(groups: list[Group], name: str) -> Group:
+    """A group by its label, or by the folder name (e.g. a sweep cell) of one of its runs."""
+    for g in groups:
+        if g.label == name:
+            return g
+    for g in groups:
+        if any(d.name == name or str(d) == name for d, _ in g.runs):
+            return g
+    raise ReportError(f"--relative-to {name!r} matches no run; rows: {'; '.join(g.label for g in groups)}")
+
+
+# --- tables: a format-neutral Table, then one renderer per format --------------------------------------
+
+@dataclass
+class Column:
+    key: str  # CSV column name
+    title: str  # Markdown / LaTeX header
+    kind: str = "acc"  # text | int | acc (fraction, shown as %) | sec | mb | ratio
+
+
+@dataclass
+class Table:
+    name: str
+    title: str
+    columns: list[Column]
+    rows: list[list]  # cells: str, int, Stat or None
+    note: str = ""
+
+
+def method_table(groups: list[Group]) -> Table:
+    """Clean and each attack's overall, tail and balanced accuracy, mean +- std over seeds."""
+    attacks = sort_attacks({a for g in groups for a in g.attacks()})
+    cols = [Column("run", "run", "text"), Column("n", "n", "int")]
+    for a in attacks:
+        t = ATTACK_TITLES.get(a, a)
+        cols += [Column(f"{a}_overall", t), Column(f"{a}_tail", f"{t} tail"), Column(f"{a}_balanced", f"{t} bal.")]
+    rows = []
+    for g in groups:
+        row = [g.label, len(g.runs)]
+        for a in attacks:
+            row += [g.stat(a, "overall"), g.stat(a, "tail"), g.stat(a, "balanced")]
+        rows.append(row)
+    return Table("methods", "Accuracy (%) on the test split, best checkpoint; mean +- std over seeds",
+                 cols, rows, note="n: runs (seeds) averaged; tail: the third of the classes with the fewest "
+                                  "training images; bal.: mean of the per-class accuracies")
+
+
+def cost_table(groups: list[Group], relative_to: str | None = None) -> Table:
+    """Training and evaluation seconds per epoch and peak memory; ratios to a reference row."""
+    ref = find_group(groups, relative_to) if relative_to else None
+    cols = [Column("run", "run", "text"), Column("n", "n", "int"), Column("epochs", "epochs", "int"),
+            Column("best_epoch", "best epoch", "text"), Column("train_s_per_epoch", "train s/epoch", "sec"),
+            Column("eval_s_per_epoch", "eval s/epoch", "sec"), Column("peak_mem_mb", "peak MB", "mb")]
+    if ref:
+        cols += [Column("time_ratio", f"time x {ref.label}", "ratio"),
+                 Column("mem_ratio", f"mem x {ref.label}", "ratio")]
+    rc = ref.cost() if ref else {}
+    rows = []
+    for g in groups:
+        c = g.cost()
+        best = sorted({str(r.get("best_epoch")) for r in g.records})
+        row = [g.label, len(g.runs), max(len(r.get("epochs") or []) for r in g.records), "/".join(best),
+               c["train_s"], c["eval_s"], c["peak_mb"]]
+        if ref:
+            for k in ("train_s", "peak_mb"):
+                ok = c[k] is not None and rc[k] is not None and rc[k].mean > 0
+                row.append(Stat(c[k].mean / rc[k].mean, None, 1) if ok else None)
+        rows.append(row)
+    note = "peak MB: peak CUDA memory allocated (on CPU: peak resident set)"
+    return Table("cost", "Cost per epoch (mean +- std over seeds)", cols, rows,
+                 note=note + (f"; ratios of means to {ref.label}" if ref else ""))
+
+
+def classwise_table(groups: list[Group]) -> Table:
+    """Per-class accuracy (%) for every run and attack; class counts from the first run in the header."""
+    width = max((len(g.class_counts()) for g in groups), default=0)
+    counts = groups[0].class_counts() if groups else []
+    same = all(g.class_counts() == counts for g in groups)
+    cols = [Column("run", "run", "text"), Column("attack", "attack", "text"), Column("n", "n", "int")]
+    cols += [Column(f"class_{i}", f"{i} ({counts[i]})" if same and i < len(counts) else str(i)) for i in range(width)]
+    rows = []
+    for g in groups:
+        for a in g.attacks():
+            pc = g.per_class(a)
+            rows.append([g.label, ATTACK_TITLES.get(a, a), len(g.runs), *pc, *[None] * (width - len(pc))])
+    return Table("classwise", "Per-class accuracy (%), best checkpoint" +
+                 (" (header: class (training images))" if same else ""), cols, rows)
+
+
+def _num(stat: Stat | None, kind: str, with_std: bool = True, pm: str = " ± ") -> str:
+    if stat is None or stat.mean is None or math.isnan(stat.mean):
+        return "-"
+    scale, digits = {"acc": (100.0, 2), "sec": (1.0, 2), "mb": (1.0, 0), "ratio": (1.0, 2)}[kind]
+    text = f"{stat.mean * scale:.{digits}f}"
+    if with_std and stat.std is not None:
+        text += f"{pm}{stat.std * scale:.{digits}f}"
+    return text
+
+
+def _best_rows(table: Table) -> dict[int, set[int]]:
+    """Column index -> row indices holding the highest mean (accuracy columns only), for bold type."""
+    best: dict[int, set[int]] = {}
+    if len(table.rows) < 2:
+        return best
+    for j, col in enumerate(table.columns):
+        if col.kind != "acc":
+            continue
+        vals = [(round(r[j].mean, 10), i) for i, r in enumerate(table.rows) if isinstance(r[j], Stat)]
+        if vals:
+            top = max(v for v, _ in vals)
+            best[j] = {i for v, i in vals if v == top}
+    return best
+
+
+def _cells(table: Table, pm: str, bold) -> list[list[str]]:
+    best = _best_rows(table)
+    out = []
+    for i, row in enumerate(table.rows):
+        cells = []
+        for j, (col, v) in enumerate(zip(table.columns, row)):
+            if col.kind in ("text", "int"):
+                cells.append("-" if v is None else str(v))
+            else:
+                s = _num(v, col.kind, pm=pm)
+                cells.append(bold(s) if i in best.get(j, ()) else s)
+        out.append(cells)
+    return out
+
+
+def to_markdown(table: Table) -> str:
+    body = markdown_table([c.title for c in table.columns], _cells(table, " ± ", lambda s: f"**{s}**"))
+    return f"### {table.title}\n\n{body}\n" + (f"\n{table.note}\n" if table.note else "")
+
+
+def to_csv(table: Table) -> str:
+    """Numbers as stored (accuracies as fractions), full precision; every numeric column has a
+    ``<column>_std`` companion (empty for a single seed)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    header = []
+    for c in table.columns:
+        header += [c.key] if c.kind in ("text", "int") else [c.key, f"{c.key}_std"]
+    w.writerow(header)
+    for row in table.rows:
+        out = []
+        for c, v in zip(table.columns, row):
+            if c.kind in ("text", "int"):
+                out.append("" if v is None else v)
+            else:
+                out += ["", ""] if v is None else [repr(v.mean), "" if v.std is None else repr(v.std)]
+        w.writerow(out)
+    return buf.getvalue()
+
+
+_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def tex_escape(text: str) -> str:
+    return "".join(_TEX_ESCAPES.get(ch, ch) for ch in str(text))
+
+
+def to_latex(table: Table) -> str:
+    """A booktabs ``table`` environment (needs ``\\usepackage{booktabs}``); best means in bold."""
+    cells = _cells(table, "{PM}", lambda s: "{BOLD}" + s)
+    align = "".join("l" if c.kind == "text" else "r" for c in table.columns)
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{tex_escape(table.title)}}}",
+             rf"\label{{tab:{table.name}}}", rf"\begin{{tabular}}{{{align}}}", r"\toprule",
+             " & ".join(tex_escape(c.title) for c in table.columns) + r" \\", r"\midrule"]
+    for row in cells:
+        out = []
+        for s in row:
+            bold = s.startswith("{BOLD}")
+            s = tex_escape(s.removeprefix("{BOLD}")).replace(r"\{PM\}", r" $\pm$ ")
+            out.append(rf"\textbf{{{s}}}" if bold else s)
+        lines.append(" & ".join(out) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+RENDERERS = {"md": to_markdown, "csv": to_csv, "tex": to_latex}
+
+
+def report_tables(groups: list[Group], relative_to: str | None = None) -> list[Table]:
+    return [method_table(groups), cost_table(groups, relative_to), classwise_table(groups)]
+
+
+@dataclass
+class Report:
+    out: Path
+    paths: list[Path]  # every file written
+    tables: list[Table]
+    groups: list[Group]
+
+
+def write_report(runs_dir: str | Path, out: str | Path | None = None, formats=("md", "csv", "tex"),
+                 relative_to: str | None = None, figures: bool = True, log=print) -> Report:
+    """Everything ``ltadv report`` writes: each table in each format, ``report.md`` with all tables
+    and the figures (PNG and PDF). Default ``out``: ``RUNS_DIR/report``."""
+    formats = list(formats)
+    bad = [f for f in formats if f not in RENDERERS]
+    if bad or not formats:
+        raise ReportError(f"unknown report format {bad[0] if bad else ''!r}; formats: {', '.join(RENDERERS)}")
+    runs = load_records(runs_dir, log=log)
+    if not runs:
+        raise ReportError(f"no finished run record (result.json with status complete) under {runs_dir}")
+    groups = group_runs(runs)
+    tables = report_tables(groups, relative_to)  # before writing, so a bad --relative-to leaves no files
+    out = Path(out) if out is not None else Path(runs_dir) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for t in tables:
+        for f in formats:
+            path = out / f"{t.name}.{f}"
+            path.write_text(RENDERERS[f](t))
+            written.append(path)
+    fig_paths = []
+    if figures:
+        from .report_figures import save_figures
+
+        fig_paths = save_figures(groups, out)
+        written += fig_paths
+    seeds = sum(len(g.runs) for g in groups)
+    md = [f"# Report: {runs_dir}\n", f"{seeds} run(s) in {len(groups)} group(s) (runs differing only in the "
+          "seed are averaged).\n"] + [to_markdown(t) for t in tables]
+    md += [f"![{p.stem}]({p.name})\n" for p in fig_paths if p.suffix == ".png"]
+    (out / "report.md").write_text("\n".join(md))
+    written.append(out / "report.md")
+    return Report(out, written, tables, groups)

@@ -15,7 +15,8 @@ A sweep file (or a built-in preset under ``ltadv/presets/sweeps/``) holds::
 Cells are the named cells times the grid (each alone when the other is absent). Each cell runs in
 its own process (so peak memory is per run) as ``ltadv train --out OUT/<cell>``; a cell whose
 ``result.json`` is complete is skipped, one with a checkpoint is resumed, so an interrupted sweep
-restarted with the same command runs only what is missing.
+restarted with the same command runs only what is missing. At the end the sweep writes
+``OUT/summary.md`` and the full report (``ltadv report OUT``) into ``OUT/report/``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from typing import Any
 import yaml
 
 from .config import ConfigError, dotted_to_nested, load_config, read_yaml, to_dict
-from .report import format_table
+from .report import format_table, write_report
 from .results import RESULT, read_record
 
 SPEC_KEYS = {"name", "base", "cells", "grid", "relative_to", "description"}
@@ -111,7 +113,7 @@ def cell_status(run_dir: Path) -> str:
 
 
 def run_sweep(spec_name: str, out: str | Path | None = None, overrides: dict[str, Any] | None = None,
-              quiet: bool = True, log=print) -> dict[str, dict]:
+              quiet: bool = True, log=print, report: bool = True) -> dict[str, dict]:
     spec = load_spec(spec_name)
     out = Path(out or Path("runs") / spec["name"])
     cells = expand(spec)
@@ -136,14 +138,20 @@ def run_sweep(spec_name: str, out: str | Path | None = None, overrides: dict[str
         if quiet:
             cmd.append("--quiet")
         log(f"[{i}/{len(configs)}] {name}: {'resuming' if status == 'partial' else 'training'}")
+        t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
             raise SweepError(f"sweep cell {name!r} failed: {last}")
+        log(f"[{i}/{len(configs)}] {name}: done in {time.perf_counter() - t0:.0f}s")
     records = {name: read_record(out / name) for name in configs}
     table = format_table(records, relative_to=spec.get("relative_to"))
     (out / "summary.md").write_text(f"# sweep {spec['name']}\n\n{table}\n")
     log(table)
+    if report:  # the same as `ltadv report OUT --out OUT/report` afterwards
+        rel = spec.get("relative_to") if spec.get("relative_to") in configs else None  # a cell name
+        rep = write_report(out, out / "report", relative_to=rel, log=log)
+        log(f"report: {len(rep.paths)} files in {rep.out}")
     return records
 
 

@@ -25,7 +25,7 @@ from .data import AUGMENTATIONS, DATASETS, LTData, build_data, build_pipeline
 from .evaluate import class_groups, evaluate, robust_flags, summarize, to_float
 from .fast import EvalView, eval_view
 from .methods import METHODS
-from .models import MODELS, Classifier, build_model
+from .models import MODELS, Classifier, build_model, posthoc
 from .registry import lookup
 from .results import RESULT, git_commit, read_record, write_json_atomic
 
@@ -229,6 +229,11 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
         write_json_atomic(out / RESULT, record)  # the run's config is on disk from the start (--resume reads it)
     loss_fwd = dctx.wrap(model, fwd, device, cfg.train.compile)  # DDP for the loss; attacks use the bare model
 
+    # Cost accounting: model forward calls in the training phase (attack steps included); a hook on the
+    # eager module is free, but with torch.compile it would break the graph, so then it is not counted.
+    forward_calls = [0]
+    if not cfg.train.compile:
+        model.register_forward_pre_hook(lambda _m, _a: forward_calls.__setitem__(0, forward_calls[0] + 1))
     x_train = data.x_train.to(device)
     y_train = data.y_train.to(device)
     n = len(y_train)
@@ -241,6 +246,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)).to(device)
         order = dctx.shard(order)  # this process's disjoint part (all of it on one process)
         t0 = time.perf_counter()
+        forward_calls[0] = 0
         model.train()
         total_loss, total_correct, seen = 0.0, 0, 0
         bar = tqdm(range(0, len(order), bs), desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
@@ -262,9 +268,13 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_seconds = time.perf_counter() - t0
+        train_forwards, train_peak_mb = forward_calls[0], peak_memory_mb(device)  # before eval adds its own
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
 
         t1 = time.perf_counter()
-        flags = robust_flags(model, x_sel, y_sel, [cfg.eval.val_attack], eps_eval, cfg.eval.batch_size)
+        flags = robust_flags(posthoc(model, data.class_counts, cfg.method.tau_p), x_sel, y_sel, [cfg.eval.val_attack],
+                             eps_eval, cfg.eval.batch_size)
         val_clean = summarize(flags["clean"], y_sel, data.num_classes, groups)
         val_robust = summarize(flags[cfg.eval.val_attack], y_sel, data.num_classes, groups)
         eval_seconds = time.perf_counter() - t1
@@ -276,7 +286,10 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
             "train_seconds": train_seconds,
             "eval_seconds": eval_seconds,
             "images_per_second": seen / train_seconds if train_seconds > 0 else None,
-            "peak_mem_mb": peak_memory_mb(device),
+            "peak_mem_mb": train_peak_mb,
+            "eval_peak_mem_mb": peak_memory_mb(device),
+            "forward_passes": None if cfg.train.compile else train_forwards,
+            "batches": math.ceil(n / bs),
             "val_clean": val_clean["overall"],
             "val_robust": val_robust["overall"],
             "val_robust_balanced": val_robust["balanced"],
@@ -349,6 +362,7 @@ def load_run_model(run_dir: str | Path, which: str = "best", device=None) -> tup
     cfg = from_dict(record["config"])
     model = make_model(cfg, record["model_meta"])
     ckpt.load_weights(run_dir / CKPT_DIR / f"{which}.safetensors", model)
+    model = posthoc(model, record["class_counts"], cfg.method.tau_p)  # RoBal-N's inference-time adjustment
     model = model.to(device or "cpu").eval()
     return model, record
 

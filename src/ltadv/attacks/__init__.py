@@ -31,9 +31,12 @@ def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def random_init(x: torch.Tensor, eps: float, random_start: bool | str) -> torch.Tensor:
     """Starting point: ``True``/``"uniform"`` U(-eps, eps), ``"normal"`` x + 0.001 N(0, 1)
-    (the AT-BSL/TRADES reference), ``False``/``"zero"`` x itself."""
+    (the AT-BSL/TRADES reference), ``"uniform_plus"`` x + U[0, eps) (the RoBal training attack,
+    wutong16/Adversarial_Long-Tail), ``False``/``"zero"`` x itself."""
     if random_start is True or random_start == "uniform":
         return project_linf(x + torch.empty_like(x).uniform_(-eps, eps), x, eps)
+    if random_start == "uniform_plus":
+        return project_linf(x + eps * torch.rand_like(x), x, eps)
     if random_start == "normal":
         return project_linf(x + 0.001 * torch.randn_like(x), x, eps)
     if random_start is False or random_start == "zero":

@@ -53,4 +53,4 @@ class Method:
 
 
 # Registration happens on import of each method file.
-from . import at  # noqa: E402,F401
+from . import at, robal, trades  # noqa: E402,F401

@@ -42,6 +42,35 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
 
+class LogitAdjusted(nn.Module):
+    """Inference-time boundary adjustment z - tau_p * log prior (RoBal-N: Wu et al., "Adversarial Robustness
+    under Long-Tailed Distribution", CVPR 2021, arXiv 2104.02703; post-hoc logit adjustment: Menon et al.,
+    "Long-tail learning via logit adjustment", ICLR 2021, arXiv 2007.07314). Wraps a trained model so that
+    predictions and every attack see the adjusted logits; the weights stay the wrapped model's.
+    """
+
+    def __init__(self, model: nn.Module, class_counts: Sequence[int], tau_p: float):
+        super().__init__()
+        self.model = model
+        counts = torch.as_tensor(list(class_counts), dtype=torch.float32)
+        self.register_buffer("bias", -tau_p * (counts / counts.sum()).log())
+        self.tau_p = tau_p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) + self.bias.to(x.device)
+
+    def extra_repr(self) -> str:
+        return f"tau_p={self.tau_p}"
+
+
+def posthoc(model: nn.Module, class_counts: Sequence[int], tau_p: float) -> nn.Module:
+    """``model`` itself when tau_p == 0, else :class:`LogitAdjusted` around it (on the model's device)."""
+    if tau_p == 0:
+        return model
+    device = next(model.parameters()).device
+    return LogitAdjusted(model, class_counts, tau_p).to(device)
+
+
 def build_model(
     name: str,
     num_classes: int,
