@@ -233,7 +233,8 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     # eager module is free, but with torch.compile it would break the graph, so then it is not counted.
     forward_calls = [0]
     if not cfg.train.compile:
-        model.register_forward_pre_hook(lambda _m, _a: forward_calls.__setitem__(0, forward_calls[0] + 1))
+        for counted in {model, attack_model}:  # the attack's eval view is a module of its own
+            counted.register_forward_pre_hook(lambda _m, _a: forward_calls.__setitem__(0, forward_calls[0] + 1))
     x_train = data.x_train.to(device)
     y_train = data.y_train.to(device)
     n = len(y_train)
