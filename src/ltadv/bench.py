@@ -121,7 +121,7 @@ def reference_train_step(model, opt, x, y, counts, eps, alpha, steps):
 
 def run_bench(model_name: str = "resnet18", batch_size: int = 128, rounds: int = 3, steps: int = 10,
               eval_steps: int = 20, num_workers: int = 2, device: str = "auto", out: str | Path | None = None,
-              log=print) -> dict:
+              aa_n: int = 0, log=print) -> dict:
     dev = pick_device(device)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -224,6 +224,7 @@ def run_bench(model_name: str = "resnet18", batch_size: int = 128, rounds: int =
         e_our.append(time.perf_counter() - t)
         log(f"  eval round {r + 1}: reference {e_ref[-1]:.2f}s  ltadv {e_our[-1]:.2f}s")
 
+    aa = bench_autoattack(ref_model, x_u8, dev, eps, aa_n, log) if aa_n > 0 else None
     peak = matmul_peak(dev)
     tr, to, er, eo = (statistics.median(v) for v in (t_ref, t_our, e_ref, e_our))
     result = {
@@ -232,6 +233,7 @@ def run_bench(model_name: str = "resnet18", batch_size: int = 128, rounds: int =
         "train": {"reference_img_s": batch_size / tr, "ltadv_img_s": batch_size / to, "speedup": tr / to},
         "pgd20_eval": {"reference_img_s": batch_size / er, "ltadv_img_s": batch_size / eo, "speedup": er / eo,
                        "reference_robust_acc": acc["reference"], "ltadv_robust_acc": acc["ltadv"]},
+        "autoattack": aa,
         "flops_per_train_step": step_flops,
         "matmul_peak_flops": peak,
         "train_flops_fraction_of_peak": {"reference": step_flops / tr / peak, "ltadv": step_flops / to / peak},
@@ -242,6 +244,49 @@ def run_bench(model_name: str = "resnet18", batch_size: int = 128, rounds: int =
         Path(out).write_text(json.dumps(result, indent=1))
         log(f"written to {out}")
     return result
+
+
+def bench_autoattack(model, x_u8, dev, eps, n, log=print) -> dict | None:
+    """Stock pyautoattack (standard version) on the plain model vs ltadv's ``aa`` cascade, same points.
+
+    Labels are the model's own clean predictions, so every point starts robust and both sides run
+    the whole cascade; the robust accuracies must agree (same attacks, same seed).
+    """
+    from .attacks import ATTACKS
+
+    if "aa" not in ATTACKS:
+        log("  autoattack: no 'aa' attack registered; skipped")
+        return None
+    from pyautoattack import AutoAttack
+
+    model = model.eval()
+    x = to_float(x_u8[:n], dev)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        _sync(dev)
+        t = time.perf_counter()
+        stock = AutoAttack(model, eps=eps, seed=0, device=dev, version="standard")
+        stock.verbose = False
+        x_adv = stock.run_standard_evaluation(x, y, batch_size=n)
+        with torch.no_grad():
+            stock_acc = float((model(x_adv).argmax(1) == y).float().mean())
+        _sync(dev)
+        t_stock = time.perf_counter() - t
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    t = time.perf_counter()
+    flags = robust_flags(model, x_u8[:n], y, ["aa"], eps, batch_size=n)
+    _sync(dev)
+    t_ours = time.perf_counter() - t
+    ours_acc = float(flags["aa"].float().mean())
+    log(f"  autoattack on {n} points: stock {t_stock:.1f}s (robust {stock_acc:.3f})  ltadv {t_ours:.1f}s "
+        f"(robust {ours_acc:.3f})")
+    return {"n": n, "stock_seconds": t_stock, "ltadv_seconds": t_ours, "speedup": t_stock / t_ours,
+            "stock_robust_acc": stock_acc, "ltadv_robust_acc": ours_acc}
 
 
 def format_bench(r: dict) -> str:
@@ -256,6 +301,11 @@ def format_bench(r: dict) -> str:
          f"{r['pgd20_eval']['ltadv_img_s']:.1f}", f"{r['pgd20_eval']['speedup']:.2f}x",
          f"robust acc {r['pgd20_eval']['reference_robust_acc']:.3f} / {r['pgd20_eval']['ltadv_robust_acc']:.3f}"],
     ]
+    if r.get("autoattack"):
+        a = r["autoattack"]
+        rows.append([f"AutoAttack standard ({a['n']} points; stock pyautoattack)", f"{a['n'] / a['stock_seconds']:.2f}",
+                     f"{a['n'] / a['ltadv_seconds']:.2f}", f"{a['speedup']:.2f}x",
+                     f"robust acc {a['stock_robust_acc']:.3f} / {a['ltadv_robust_acc']:.3f}"])
     head = ["", "reference img/s", "ltadv img/s", "ratio", "note (reference / ltadv)"]
     return (f"{r['model']}, batch {r['batch_size']}, {r['device']}, {r['threads']} threads; matmul peak "
             f"{r['matmul_peak_flops'] / 1e9:.1f} GFLOP/s; train FLOPs/step {r['flops_per_train_step'] / 1e9:.1f} G "
