@@ -258,7 +258,7 @@ def test_ablation_sweep_runs(tmp_path):
     fast = {"train.epochs": 1, "attack.steps": 1, "eval.n": 50, "eval.val_n": 20, "eval.checkpoints": ["last"]}
     records = run_sweep("robal_ablation", tmp_path, overrides=fast, log=lines.append)
     assert list(records) == ["at", "at_bsl", "plus_cosine", "plus_margin", "robal"]
-    table = lines[-1]
+    table = next(ln for ln in lines if ln.startswith("| run"))
     assert "time x at_bsl" in table and "mem x at_bsl" in table
     rows = {cells[0]: cells for cells in ([c.strip() for c in r.strip("|").split("|")] for r in table.splitlines()[2:])}
     assert set(rows) == set(records)

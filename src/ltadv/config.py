@@ -38,6 +38,7 @@ class Data:
     val_per_class: int = 10  # balanced validation images held out per class before sub-sampling
     aug: tuple[str, ...] = ()  # augmentation names, applied in order
     crop_flip: bool = True  # random crop (pad 4) + horizontal flip after the augmentations
+    aug_groups: int = 16  # independent AutoAugment/RA/TA/AugMix draws per batch; 0: one per image
 
 
 @dataclass(frozen=True)
@@ -317,6 +318,7 @@ def validate(cfg: Config) -> None:
         (cfg.data.num_classes is None or cfg.data.num_classes >= 2,
          f"data.num_classes must be >= 2, got {cfg.data.num_classes}"),
         (cfg.data.val_per_class >= 0, f"data.val_per_class must be >= 0, got {cfg.data.val_per_class}"),
+        (cfg.data.aug_groups >= 0, f"data.aug_groups must be >= 0 (0: one draw per image), got {cfg.data.aug_groups}"),
         (cfg.train.epochs >= 1, f"train.epochs must be >= 1, got {cfg.train.epochs}"),
         (cfg.train.amp in ("auto", "bf16", "fp16", "off"),
          f"train.amp must be auto, bf16, fp16 or off, got {cfg.train.amp!r}"),

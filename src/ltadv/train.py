@@ -192,7 +192,8 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     attack_model = eval_view(model, fold_bn=cfg.train.fold_bn, channels_last=view_channels_last)
     attack_model = fwd if attack_model is model else (torch.compile(attack_model) if cfg.train.compile
                                                       else attack_model)
-    augment = build_pipeline(cfg.data.aug, cfg.data.crop_flip, data.num_classes, data.image_size)
+    augment = build_pipeline(cfg.data.aug, cfg.data.crop_flip, data.num_classes, data.image_size,
+                             groups=cfg.data.aug_groups)
 
     # Selection split: the held-out validation set, or the test set when reproducing the reference.
     x_sel, y_sel = (data.x_val, data.y_val) if cfg.eval.select_on == "val" else (data.x_test, data.y_test)
