@@ -9,6 +9,7 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps torchattacks==3.5.1  # aa_torchattacks only; its requests pin is not needed
 	touch $(STAMP)
 
 install: $(STAMP)

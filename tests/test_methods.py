@@ -19,6 +19,7 @@ from ltadv.losses import (
     trades_loss,
 )
 from ltadv.methods import METHODS
+from ltadv.methods.baselines import BASELINES
 from ltadv.models import posthoc
 from ltadv.models.heads import CosineHead
 from ltadv.sweep import expand, load_spec, run_sweep
@@ -206,6 +207,7 @@ def test_trades_attack_increases_the_kl():
 # model forward calls per batch in the training phase: attack steps (+1 clean pass for TRADES's
 # attack) + the loss's passes; RoBal must run two in its loss (RoBal's code runs three).
 FORWARDS = {"at": 2 + 1, "at_bsl": 2 + 1, "trades": 1 + 2 + 2, "mart": 2 + 2, "robal": 2 + 2}
+FORWARDS.update({name: 2 + 1 for name in (*BASELINES, "reat")})  # AT-shaped: the long-tail baselines and REAT
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))

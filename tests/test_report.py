@@ -283,9 +283,16 @@ def test_sweep_killed_mid_cell_resumes_that_cell(tmp_path, one_thread):
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "ltadv", "sweep", str(path), "--out", str(out)]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    record = out / "tau_b=1.0" / "result.json"  # written after each epoch's checkpoint
+    record = out / "tau_b=1.0" / "result.json"  # rewritten after each epoch's checkpoint
+
+    def epochs_on_disk():
+        try:
+            return len(json.loads(record.read_text())["epochs"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
     deadline = time.time() + 300
-    while not record.exists() and time.time() < deadline and proc.poll() is None:
+    while epochs_on_disk() < 1 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its training process, mid-run
     proc.wait()

@@ -210,11 +210,19 @@ def cmd_eval(args, extra) -> int:
     for w in which:
         if w not in ("best", "last"):
             raise CLIError(f"--which takes best and/or last, got {w!r}")
-    record = evaluate_run(args.run_dir, attacks, checkpoints=which, n=args.n, device=args.device)
+    if args.n is not None and args.n < 1:
+        raise CLIError(f"--n must be >= 1, got {args.n}")
+    record = evaluate_run(args.run_dir, attacks, checkpoints=which, n=args.n, device=args.device,
+                          sweep_eps=args.eps_sweep)
     name = record["config"]["method"]["name"]
+    from .report import format_attack_table
+
     for w in which:
-        print(f"-- {w} checkpoint")
+        print(f"-- {w} checkpoint" + (f" (epoch {record.get('best_epoch')})" if w == "best" else ""))
         print(format_table({name: {**record, "metrics": record["metrics_by_checkpoint"][w]}}))
+        print(format_attack_table(record["metrics_by_checkpoint"][w], (record.get("eval_seconds") or {}).get(w)))
+        for warning in (record.get("sanity") or {}).get(w, []):
+            print(f"warning: {warning}")
     return 0
 
 
@@ -263,6 +271,20 @@ def cmd_bench(args, extra) -> int:
     return 0
 
 
+def cmd_posthoc(args, extra) -> int:
+    from .posthoc import run_posthoc
+
+    if extra:
+        raise CLIError(f"unrecognized argument {extra[0]!r}")
+    attacks = [a for a in args.attacks.split(",") if a] if args.attacks else None
+    lws_epochs = args.lws_epochs if args.lws else None
+    record = run_posthoc(args.run_dir, args.out, tau_norm=args.tau_norm, lws_epochs=lws_epochs, lws_lr=args.lws_lr,
+                         attacks=attacks, n=args.n, force=args.force, device=args.device)
+    print(format_table({f"{record['config']['method']['name']}+{record['posthoc']['kind']}": record}))
+    print(f"run record: {Path(args.out) / 'result.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ltadv", description="Adversarial training under long-tailed distributions.")
     p.add_argument("--version", action="version", version=f"ltadv {__import__('ltadv').__version__}")
@@ -279,10 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Evaluate the best and/or last checkpoint of a run on the test split.")
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--attacks", default="clean,pgd20",
-                   help=f"comma-separated, from: {', '.join(sorted(_registries()['attack']))}")
+                   help=f"comma-separated, from: {', '.join(sorted(_registries()['attack']))} "
+                        f"(the full suite: clean,fgsm,pgd20,cw,lsa,aa)")
     e.add_argument("--n", type=int, default=None, help="evaluate the first N test images")
     e.add_argument("--which", default="best,last", help="best, last or best,last")
     e.add_argument("--device", default=None)
+    e.add_argument("--eps-sweep", action="store_true",
+                   help="sanity check: PGD-20 accuracy at eps x 1, 2, 4, 8 must fall and reach ~0")
     e.set_defaults(func=cmd_eval)
     from .sweep import preset_names
 
@@ -326,6 +351,21 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "ratios are to it")
     rp.add_argument("--no-figures", action="store_true", help="tables only")
     rp.set_defaults(func=cmd_report)
+    ph = sub.add_parser("posthoc", help="tau-normalise or LWS-rescale a finished run's classifier into a new run",
+                        description="Classifier-side long-tail fixes on a finished run (Kang et al., ICLR 2020, "
+                                    "arXiv 1910.09217): tau-normalisation or learnable weight scaling. Writes and "
+                                    "evaluates a NEW run folder; the source run is not modified.")
+    ph.add_argument("run_dir", metavar="RUN_DIR")
+    ph.add_argument("--out", metavar="DIR", required=True, help="the new run folder")
+    ph.add_argument("--tau-norm", type=float, metavar="TAU", help="W_i / ||W_i||^TAU (RoBal: 1)")
+    ph.add_argument("--lws", action="store_true", help="learn per-class scales on class-balanced PGD batches")
+    ph.add_argument("--lws-epochs", type=int, default=10, help="LWS epochs (default 10)")
+    ph.add_argument("--lws-lr", type=float, default=0.1, help="LWS learning rate (default 0.1)")
+    ph.add_argument("--attacks", default=None, help="comma-separated attacks (default: the run's eval.attacks)")
+    ph.add_argument("--n", type=int, default=None, help="evaluate the first N test images")
+    ph.add_argument("--device", default=None)
+    ph.add_argument("--force", action="store_true", help="replace an existing output folder")
+    ph.set_defaults(func=cmd_posthoc)
     return p
 
 

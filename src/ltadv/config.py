@@ -39,6 +39,8 @@ class Data:
     aug: tuple[str, ...] = ()  # augmentation names, applied in order
     crop_flip: bool = True  # random crop (pad 4) + horizontal flip after the augmentations
     aug_groups: int = 16  # independent AutoAugment/RA/TA/AugMix draws per batch; 0: one per image
+    sampler: str = "uniform"  # uniform (a seeded permutation) | balanced (class-balanced re-sampling)
+    resample_start: float = 0.0  # balanced sampler: fraction of the epochs before it starts (0: whole run)
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,17 @@ class Method:
     margin: bool = True
     trades: bool = True
     tau_p: float = 0.0  # post-hoc logit adjustment at inference (RoBal-N uses 0.1)
+    # Long-tail baselines (methods/outer.py, losses_lt.py): the outer loss of at / at_bsl / trades.
+    outer_loss: str = "auto"  # auto (the method's own) | ce | bsl | focal | cb | ldam | la | cdt
+    reweight: str = "none"  # none | inverse | effective: per-class sample weights in the outer loss
+    drw_start: float = 0.0  # re-weighting starts at this fraction of the epochs (LDAM-DRW: 0.8)
+    focal_gamma: float = 2.0  # focal loss (Lin et al. 2017; RoBal config)
+    cb_beta: float = 0.9999  # effective-number beta (Cui et al. 2019)
+    ldam_max_m: float = 0.5  # LDAM largest margin (Cao et al. 2019)
+    ldam_s: float = 1.0  # LDAM logit scale (RoBal's linear-head config; 30 with a cosine head)
+    la_tau: float = 1.0  # logit-adjusted loss temperature (Menon et al. 2021)
+    cdt_gamma: float = 0.3  # CDT temperature exponent (RoBal config)
+    reat_tail: float = 1.0  # REAT: weight of the tail-feature term
 
 
 @dataclass(frozen=True)
@@ -341,6 +354,23 @@ def validate(cfg: Config) -> None:
          f"eval.checkpoints must be best and/or last, got {list(cfg.eval.checkpoints)}"),
         (0 < cfg.eval.head_frac < 1 and 0 < cfg.eval.tail_frac < 1 and cfg.eval.head_frac + cfg.eval.tail_frac <= 1,
          "eval.head_frac and eval.tail_frac must be in (0, 1) and sum to at most 1"),
+        (cfg.data.sampler in ("uniform", "balanced"),
+         f"data.sampler must be uniform or balanced, got {cfg.data.sampler!r}"),
+        (0 <= cfg.data.resample_start < 1, f"data.resample_start must be in [0, 1), got {cfg.data.resample_start}"),
+        (cfg.method.outer_loss in ("auto", "ce", "bsl", "focal", "cb", "ldam", "la", "cdt"),
+         f"method.outer_loss must be auto, ce, bsl, focal, cb, ldam, la or cdt, got {cfg.method.outer_loss!r}"),
+        ((cfg.method.outer_loss == "auto" and cfg.method.reweight == "none")
+         or cfg.method.name not in ("mart", "robal", "reat"),
+         f"method.outer_loss and method.reweight apply to AT-style methods and trades, not {cfg.method.name!r}"),
+        (cfg.method.reweight in ("none", "inverse", "effective"),
+         f"method.reweight must be none, inverse or effective, got {cfg.method.reweight!r}"),
+        (cfg.method.reweight == "none" or cfg.method.outer_loss != "cb",
+         "method.outer_loss cb already weights by effective numbers: leave method.reweight none"),
+        (0 <= cfg.method.drw_start < 1, f"method.drw_start must be in [0, 1), got {cfg.method.drw_start}"),
+        (cfg.method.focal_gamma >= 0, f"method.focal_gamma must be >= 0, got {cfg.method.focal_gamma}"),
+        (0 <= cfg.method.cb_beta < 1, f"method.cb_beta must be in [0, 1), got {cfg.method.cb_beta}"),
+        (cfg.method.ldam_max_m >= 0 and cfg.method.ldam_s > 0, "method.ldam_max_m must be >= 0 and method.ldam_s > 0"),
+        (cfg.method.cdt_gamma >= 0, f"method.cdt_gamma must be >= 0, got {cfg.method.cdt_gamma}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -257,6 +257,8 @@ def group_runs(runs: list[tuple[Path, dict]]) -> list[Group]:
     by_key: dict[str, Group] = {}
     for run_dir, rec in runs:
         cfg = {k: v for k, v in flatten(rec["config"]).items() if k not in IGNORED_KEYS}
+        if rec.get("posthoc"):  # `ltadv posthoc` output: same config, other classifier, its own group
+            cfg["posthoc"] = rec["posthoc"]["kind"] + (f" {rec['posthoc']['tau']:g}" if "tau" in rec["posthoc"] else "")
         key = json.dumps(sorted((k, repr(v)) for k, v in cfg.items()))
         by_key.setdefault(key, Group("", cfg)).runs.append((run_dir, rec))
     groups = list(by_key.values())
@@ -497,3 +499,14 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, formats=("
     (out / "report.md").write_text("\n".join(md))
     written.append(out / "report.md")
     return Report(out, written, tables, groups)
+def format_attack_table(metrics: Mapping[str, Mapping], seconds: Mapping[str, float] | None = None) -> str:
+    """One row per attack of one checkpoint: overall, balanced, head / medium / tail, worst class
+    and the attack's seconds (AutoAttack: also the accuracy after each sub-attack)."""
+    groups = ("overall", "balanced", "head", "medium", "tail", "worst")
+    rows = []
+    for name, m in metrics.items():
+        row = [name, *[_fmt(m.get(k)) for k in groups], _fmt((seconds or {}).get(name), 1)]
+        stages = m.get("stages") or {}
+        row.append(", ".join(f"{k} {v:.4f}" for k, v in stages.items()) or "-")
+        rows.append(row)
+    return markdown_table(["attack", *groups, "seconds", "after each sub-attack"], rows)

@@ -95,3 +95,45 @@ def clean(model, x, y, eps):
 def pgd20(model, x, y, eps):
     """PGD-20, step eps/4 (2/255 at 8/255), uniform random start, CE loss (SPEC section 5)."""
     return pgd(model, x, y, eps=eps, alpha=eps / 4, steps=20, random_start=True)
+
+
+def cw_loss(logits: torch.Tensor, y: torch.Tensor, confidence: float = 50.0) -> torch.Tensor:
+    """Summed Carlini-Wagner margin loss -max(z_y - max_{i != y} z_i + confidence, 0) (Carlini & Wagner,
+    "Towards Evaluating the Robustness of Neural Networks", IEEE S&P 2017, arXiv 1608.04644).
+
+    Maximising it pushes the true logit below the best other one by up to ``confidence``; the
+    L-inf "CW" of the adversarial-training literature is PGD on this loss.
+    """
+    z = logits.float()
+    real = z.gather(1, y[:, None]).squeeze(1)
+    other = z.masked_fill(F.one_hot(y, z.shape[1]).bool(), float("-inf")).max(1).values
+    return -(real - other + confidence).clamp(min=0).sum()
+
+
+def scaled_ce_loss(logits: torch.Tensor, y: torch.Tensor, scale: float = 10.0) -> torch.Tensor:
+    """Cross entropy on ``scale * logits``: undoes a small logit scale whose saturated softmax hides
+    the gradient (a check against gradient masking by logit adjustment)."""
+    return ce_loss(scale * logits.float(), y)
+
+
+@register(ATTACKS, "fgsm")
+def fgsm(model, x, y, eps):
+    """FGSM: one signed-gradient step of size eps on CE from x itself, no random start (Goodfellow et
+    al., "Explaining and Harnessing Adversarial Examples", ICLR 2015, arXiv 1412.6572)."""
+    return pgd(model, x, y, eps=eps, alpha=eps, steps=1, random_start=False)
+
+
+@register(ATTACKS, "cw")
+def cw(model, x, y, eps):
+    """CW-inf: PGD-20 (step eps/4, uniform start) on :func:`cw_loss` with confidence 50 (SPEC section 5)."""
+    return pgd(model, x, y, eps=eps, alpha=eps / 4, steps=20, loss_fn=cw_loss, random_start=True)
+
+
+@register(ATTACKS, "lsa")
+def lsa(model, x, y, eps):
+    """Logit-scaled attack: PGD-20 (step eps/4, uniform start) on CE of the logits times 10 (SPEC section 5)."""
+    return pgd(model, x, y, eps=eps, alpha=eps / 4, steps=20, loss_fn=scaled_ce_loss, random_start=True)
+
+
+from . import autoattack  # noqa: E402,F401  (registers aa and aa_torchattacks)
+from . import mim as _mim  # noqa: E402,F401  (registers ATTACKS["mim"])

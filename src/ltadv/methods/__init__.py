@@ -51,6 +51,29 @@ class Method:
     def loss(self, model, x: torch.Tensor, x_adv: torch.Tensor, target: torch.Tensor) -> dict:
         raise NotImplementedError
 
+    # Epoch hooks and state, for objectives that change over training (DRW, REAT); no-ops by default.
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the loop before each epoch (0-based), also after a resume."""
+        self.epoch = epoch
+
+    def end_epoch(self) -> None:
+        """Called by the loop after each epoch's last step, before the checkpoint is written."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def outer(self, logits: torch.Tensor, target: torch.Tensor, default: str = "ce") -> torch.Tensor:
+        """The classification loss chosen by ``method.outer_loss`` (``auto``: this method's own ``default``)."""
+        from .outer import outer_loss
+
+        return outer_loss(self, logits, target, default)
+
 
 # Registration happens on import of each method file.
-from . import at, robal, trades  # noqa: E402,F401
+from . import at, robal, trades  # noqa: E402,F401, I001
+from . import baselines, reat  # noqa: E402,F401, I001

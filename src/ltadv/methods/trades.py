@@ -37,7 +37,10 @@ class TRADES(Method):
     def loss(self, model, x, x_adv, target):
         logits_clean = model(x)
         logits_adv = model(x_adv)
-        loss = trades_loss(logits_clean, logits_adv, target, beta=self.cfg.method.beta)
+        if self.cfg.method.outer_loss == "auto" and self.cfg.method.reweight == "none":
+            loss = trades_loss(logits_clean, logits_adv, target, beta=self.cfg.method.beta)
+        else:  # a long-tail baseline as the natural term (methods/outer.py)
+            loss = self.outer(logits_clean, target, "ce") + self.cfg.method.beta * trades_kl(logits_clean, logits_adv)
         return {"loss": loss, "logits": logits_adv}
 
 
