@@ -20,5 +20,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+bench: $(STAMP)
+	$(VENV)/bin/ltadv bench --out benchmarks/results.json
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -260,6 +260,17 @@ def cmd_report(args, extra) -> int:
     return 0
 
 
+def cmd_bench(args, extra) -> int:
+    from .bench import run_bench
+
+    if extra:
+        raise CLIError(f"unrecognized argument {extra[0]!r}")
+    run_bench(args.model, batch_size=args.batch_size, rounds=args.rounds, steps=args.steps,
+              eval_steps=args.eval_steps, num_workers=args.workers, device=args.device or "auto", out=args.out,
+              aa_n=args.aa_n)
+    return 0
+
+
 def cmd_posthoc(args, extra) -> int:
     from .posthoc import run_posthoc
 
@@ -315,6 +326,20 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", metavar="FILE.safetensors", help="default: RUN_DIR/<name>-<which>.safetensors")
     x.add_argument("--force", action="store_true", help="replace an existing file")
     x.set_defaults(func=cmd_export)
+    b = sub.add_parser("bench", help="speed of ltadv's training step and evaluation vs a reference-style baseline",
+                       description="Time a reference-style baseline (per-image PIL DataLoader, fp32, NCHW, PGD via "
+                                   "autograd) against ltadv's own training step, PGD-20 evaluation and AutoAttack on "
+                                   "the same model, batch and data, in one process; print a table and write JSON.")
+    b.add_argument("--model", default="resnet18")
+    b.add_argument("--batch-size", type=int, default=128)
+    b.add_argument("--rounds", type=int, default=3, help="timed rounds per side (median reported)")
+    b.add_argument("--steps", type=int, default=10, help="PGD steps of the training attack")
+    b.add_argument("--eval-steps", type=int, default=20)
+    b.add_argument("--workers", type=int, default=2, help="DataLoader workers of the baseline")
+    b.add_argument("--aa-n", type=int, default=0, help="points for the AutoAttack comparison (0: skip)")
+    b.add_argument("--device", default=None)
+    b.add_argument("--out", metavar="FILE.json", default="benchmarks/results.json")
+    b.set_defaults(func=cmd_bench)
     rp = sub.add_parser("report", help="tables and figures from every run record under a folder",
                         description="Read every result.json under RUNS_DIR (recursively), average runs that "
                                     "differ only in the seed (mean +- std), and write the method, cost and "

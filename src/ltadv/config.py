@@ -47,7 +47,7 @@ class Data:
 class Model:
     name: str = "resnet18"
     head: str = "linear"  # linear | cosine (RoBal)
-    channels_last: str = "auto"  # auto (on CUDA) | on | off
+    channels_last: str = "auto"  # auto: model on CUDA, attack view always | on | off
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,7 @@ class Train:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
     compile: bool = False
+    fold_bn: bool = True  # attacks run on a BN-folded eval-mode copy of the model (same function, faster)
     progress: bool = True
     deterministic: bool = False  # torch.use_deterministic_algorithms on CUDA
 

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .attacks import ATTACKS
+from .fast import eval_view
 from .registry import lookup
 
 
@@ -84,8 +85,12 @@ def robust_flags(
     progress: bool = False,
     state_dir: str | Path | None = None,
     details: dict | None = None,
+    fast: bool = True,
 ) -> dict[str, torch.Tensor]:
     """{attack: bool flags (N,)}; "clean" is always computed first (correctness).
+
+    With ``fast`` (default) predictions and attacks run on a BN-folded channels_last eval view of the
+    model (:mod:`ltadv.fast`): the same function up to float rounding, ~1.5x faster on CPU.
 
     Cascade attacks (those with a ``flags_fn``, e.g. ``aa``) run through it, resumably when
     ``state_dir`` is given (``state_dir/<attack>.pt``). ``details``, when given, receives
@@ -94,6 +99,9 @@ def robust_flags(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    live = model
+    if fast:
+        model = eval_view(model, fold_bn=True, channels_last=True)
     try:
         correct = predict(model, x, batch_size, device) == y.cpu()
         flags = {"clean": correct}
@@ -124,7 +132,7 @@ def robust_flags(
                 details[name] = {"seconds": time.perf_counter() - t0}
         return flags
     finally:
-        model.train(was_training)
+        live.train(was_training)
 
 
 def evaluate(

@@ -1,0 +1,312 @@
+"""``ltadv bench``: ltadv's training step and evaluation against a reference-style baseline, in one process.
+
+The baseline follows the AT-BSL / RoBal / TRADES scripts: a per-image PIL pipeline (RandomCrop(32, 4)
++ RandomHorizontalFlip + ToTensor) behind a torch DataLoader, fp32, NCHW, PGD via
+``torch.autograd.grad`` with the model in eval mode, then BSL on x' in train mode and an SGD step.
+ltadv's side is the real code path (:func:`ltadv.train.train_step`, :func:`ltadv.evaluate.robust_flags`):
+uint8 data on the device with batch crop/flip, the attack on a BN-folded channels_last eval view,
+autocast on CUDA. Both run the same model (same initial weights), batch and data, interleaved
+round by round so machine noise hits both alike; the figure is the median over rounds.
+Achieved FLOP/s (counted with torch.utils.flop_counter) is reported as a fraction of the machine's
+measured fp32 matmul peak.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from .config import load_config
+from .data.augment import build_pipeline
+from .evaluate import robust_flags, to_float
+from .fast import eval_view
+from .losses import balanced_softmax_loss
+from .methods import METHODS
+from .models import build_model
+from .train import autocast_for, memory_layouts, pick_device, train_step
+
+CIFAR_STATS = ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616))
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device, n: int = 2048, reps: int = 5) -> float:
+    """Measured fp32 matmul FLOP/s (best of ``reps``)."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        _sync(device)
+        t = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+class _PILDataset(torch.utils.data.Dataset):
+    """The reference scripts' per-image path: uint8 HWC arrays -> PIL -> transforms -> tensor."""
+
+    def __init__(self, x_hwc: np.ndarray, y: np.ndarray):
+        from torchvision import transforms
+
+        self.x, self.y = x_hwc, y
+        self.tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
+                                      transforms.ToTensor()])
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        return self.tf(Image.fromarray(self.x[i])), int(self.y[i])
+
+
+def train_step_flops(model, batch_size: int, steps: int, device) -> int:
+    """FLOPs of one PGD-k training step, counted with torch.utils.flop_counter.
+
+    One attack step is a forward plus a backward to the input (the same FLOPs as the forward for
+    convolutions and linear layers), the SGD step a forward plus a full backward. FlopCounterMode
+    cannot watch ``autograd.grad`` on a leaf, so the two parts are counted separately.
+    """
+    model = copy.deepcopy(model).to(device)
+    x = torch.rand(batch_size, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (batch_size,), device=device)
+    with FlopCounterMode(display=False) as fwd:
+        model(x)
+    with FlopCounterMode(display=False) as full:
+        F.cross_entropy(model(x), y).backward()
+    return steps * 2 * fwd.get_total_flops() + full.get_total_flops()
+
+
+def reference_pgd(model, x, y, eps, alpha, steps, start="normal"):
+    """PGD as in the reference scripts: autograd.grad w.r.t. x' only, fp32, parameters left trainable."""
+    if start == "normal":
+        x_adv = x.detach() + 0.001 * torch.randn_like(x)
+    else:
+        x_adv = x.detach() + torch.empty_like(x).uniform_(-eps, eps)
+    for _ in range(steps):
+        x_adv.requires_grad_()
+        with torch.enable_grad():
+            loss = F.cross_entropy(model(x_adv), y)
+        grad = torch.autograd.grad(loss, [x_adv])[0]
+        x_adv = x_adv.detach() + alpha * grad.sign()
+        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
+    return x_adv
+
+
+def reference_train_step(model, opt, x, y, counts, eps, alpha, steps):
+    model.eval()
+    x_adv = reference_pgd(model, x, y, eps, alpha, steps)
+    model.train()
+    opt.zero_grad()
+    loss = balanced_softmax_loss(model(x_adv), y, counts)
+    loss.backward()
+    opt.step()
+    return loss
+
+
+def run_bench(model_name: str = "resnet18", batch_size: int = 128, rounds: int = 3, steps: int = 10,
+              eval_steps: int = 20, num_workers: int = 2, device: str = "auto", out: str | Path | None = None,
+              aa_n: int = 0, log=print) -> dict:
+    dev = pick_device(device)
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    n = batch_size * (rounds + 1)
+    x_hwc = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+    y_np = rng.integers(0, 10, size=n).astype(np.int64)
+    counts = [int(c) for c in np.maximum(np.bincount(y_np, minlength=10), 1)]
+    eps, alpha = 8 / 255, 2 / 255
+
+    cfg = load_config(overrides={"data.name": "cifar10-lt", "model.name": model_name, "method.name": "at_bsl",
+                                 "attack.steps": steps, "train.device": str(dev)})
+    base = build_model(model_name, 10, 3, *CIFAR_STATS).to(dev)
+    ref_model = copy.deepcopy(base)
+    our_model = copy.deepcopy(base)
+    channels_last, view_channels_last = memory_layouts(cfg, dev)
+    if channels_last:
+        our_model = our_model.to(memory_format=torch.channels_last)
+    ref_opt = torch.optim.SGD(ref_model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    our_opt = torch.optim.SGD(our_model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    method = METHODS["at_bsl"](cfg, counts)
+    autocast, scaler = autocast_for(cfg, dev)
+    view = eval_view(our_model, fold_bn=cfg.train.fold_bn, channels_last=view_channels_last)
+    augment = build_pipeline((), True, 10, 32)
+    x_u8 = torch.from_numpy(x_hwc).permute(0, 3, 1, 2).contiguous().to(dev)
+    y_all = torch.from_numpy(y_np).to(dev)
+
+    loader = torch.utils.data.DataLoader(_PILDataset(x_hwc, y_np), batch_size=batch_size, shuffle=True,
+                                         num_workers=num_workers, persistent_workers=num_workers > 0,
+                                         drop_last=True)
+
+    def ref_batches():
+        while True:
+            yield from loader
+
+    ref_iter = ref_batches()
+
+    def ref_step():
+        xb, yb = next(ref_iter)
+        reference_train_step(ref_model, ref_opt, xb.to(dev), yb.to(dev), counts, eps, alpha, steps)
+
+    order = torch.randperm(n, device=dev)
+    pos = [0]
+
+    def our_step():
+        idx = order[pos[0] % n: pos[0] % n + batch_size]
+        pos[0] += batch_size
+        x, target = augment(to_float(x_u8[idx], dev), y_all[idx])
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        train_step(our_model, our_model, view, method, our_opt, x, target, autocast, scaler)
+
+    def timed(fn):
+        _sync(dev)
+        t = time.perf_counter()
+        fn()
+        _sync(dev)
+        return time.perf_counter() - t
+
+    log(f"bench: {model_name}, batch {batch_size}, PGD-{steps} training, PGD-{eval_steps} eval, device {dev}, "
+        f"{torch.get_num_threads()} threads, {rounds} rounds")
+    ref_step(), our_step()  # warm-up (allocator, oneDNN primitive caches, DataLoader workers)
+    t_ref, t_our = [], []
+    for r in range(rounds):
+        t_ref.append(timed(ref_step))
+        t_our.append(timed(our_step))
+        log(f"  train round {r + 1}: reference {t_ref[-1]:.2f}s  ltadv {t_our[-1]:.2f}s")
+
+    step_flops = train_step_flops(base, batch_size, steps, dev)
+
+    # PGD-20 evaluation on points the model classifies correctly (labels = its own clean predictions),
+    # so both sides attack every point and do the same work.
+    ref_model.eval()
+    xe = to_float(x_u8[:batch_size], dev)
+    with torch.no_grad():
+        ye = ref_model(xe).argmax(1)
+    our_eval_model = copy.deepcopy(ref_model)
+
+    def ref_eval():
+        torch.manual_seed(1)
+        x_adv = reference_pgd(ref_model, xe, ye, eps, alpha, eval_steps, start="uniform")
+        with torch.no_grad():
+            return float((ref_model(x_adv).argmax(1) == ye).float().mean())
+
+    def our_eval():
+        torch.manual_seed(1)
+        flags = robust_flags(our_eval_model, x_u8[:batch_size], ye, ["pgd20"], eps, batch_size=batch_size)
+        return float(flags["pgd20"].float().mean())
+
+    acc = {}
+    e_ref, e_our = [], []
+    for r in range(max(1, rounds - 1)):
+        _sync(dev)
+        t = time.perf_counter()
+        acc["reference"] = ref_eval()
+        _sync(dev)
+        e_ref.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        acc["ltadv"] = our_eval()
+        _sync(dev)
+        e_our.append(time.perf_counter() - t)
+        log(f"  eval round {r + 1}: reference {e_ref[-1]:.2f}s  ltadv {e_our[-1]:.2f}s")
+
+    aa = bench_autoattack(ref_model, x_u8, dev, eps, aa_n, log) if aa_n > 0 else None
+    peak = matmul_peak(dev)
+    tr, to, er, eo = (statistics.median(v) for v in (t_ref, t_our, e_ref, e_our))
+    result = {
+        "model": model_name, "batch_size": batch_size, "device": str(dev), "threads": torch.get_num_threads(),
+        "train_pgd_steps": steps, "eval_pgd_steps": eval_steps, "rounds": rounds, "num_workers": num_workers,
+        "train": {"reference_img_s": batch_size / tr, "ltadv_img_s": batch_size / to, "speedup": tr / to},
+        "pgd20_eval": {"reference_img_s": batch_size / er, "ltadv_img_s": batch_size / eo, "speedup": er / eo,
+                       "reference_robust_acc": acc["reference"], "ltadv_robust_acc": acc["ltadv"]},
+        "autoattack": aa,
+        "flops_per_train_step": step_flops,
+        "matmul_peak_flops": peak,
+        "train_flops_fraction_of_peak": {"reference": step_flops / tr / peak, "ltadv": step_flops / to / peak},
+    }
+    log(format_bench(result))
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=1))
+        log(f"written to {out}")
+    return result
+
+
+def bench_autoattack(model, x_u8, dev, eps, n, log=print) -> dict | None:
+    """Stock pyautoattack (standard version) on the plain model vs ltadv's ``aa`` cascade, same points.
+
+    Labels are the model's own clean predictions, so every point starts robust and both sides run
+    the whole cascade; the robust accuracies must agree (same attacks, same seed).
+    """
+    from .attacks import ATTACKS
+
+    if "aa" not in ATTACKS:
+        log("  autoattack: no 'aa' attack registered; skipped")
+        return None
+    from pyautoattack import AutoAttack
+
+    model = model.eval()
+    x = to_float(x_u8[:n], dev)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        _sync(dev)
+        t = time.perf_counter()
+        stock = AutoAttack(model, eps=eps, seed=0, device=dev, version="standard")
+        stock.verbose = False
+        x_adv = stock.run_standard_evaluation(x, y, batch_size=n)
+        with torch.no_grad():
+            stock_acc = float((model(x_adv).argmax(1) == y).float().mean())
+        _sync(dev)
+        t_stock = time.perf_counter() - t
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    t = time.perf_counter()
+    flags = robust_flags(model, x_u8[:n], y, ["aa"], eps, batch_size=n)
+    _sync(dev)
+    t_ours = time.perf_counter() - t
+    ours_acc = float(flags["aa"].float().mean())
+    log(f"  autoattack on {n} points: stock {t_stock:.1f}s (robust {stock_acc:.3f})  ltadv {t_ours:.1f}s "
+        f"(robust {ours_acc:.3f})")
+    return {"n": n, "stock_seconds": t_stock, "ltadv_seconds": t_ours, "speedup": t_stock / t_ours,
+            "stock_robust_acc": stock_acc, "ltadv_robust_acc": ours_acc}
+
+
+def format_bench(r: dict) -> str:
+    from .report import markdown_table
+
+    frac = r["train_flops_fraction_of_peak"]
+    rows = [
+        [f"training step (PGD-{r['train_pgd_steps']} + SGD)", f"{r['train']['reference_img_s']:.1f}",
+         f"{r['train']['ltadv_img_s']:.1f}", f"{r['train']['speedup']:.2f}x",
+         f"{frac['reference']:.1%} / {frac['ltadv']:.1%}"],
+        [f"PGD-{r['eval_pgd_steps']} evaluation", f"{r['pgd20_eval']['reference_img_s']:.1f}",
+         f"{r['pgd20_eval']['ltadv_img_s']:.1f}", f"{r['pgd20_eval']['speedup']:.2f}x",
+         f"robust acc {r['pgd20_eval']['reference_robust_acc']:.3f} / {r['pgd20_eval']['ltadv_robust_acc']:.3f}"],
+    ]
+    if r.get("autoattack"):
+        a = r["autoattack"]
+        rows.append([f"AutoAttack standard ({a['n']} points; stock pyautoattack)", f"{a['n'] / a['stock_seconds']:.2f}",
+                     f"{a['n'] / a['ltadv_seconds']:.2f}", f"{a['speedup']:.2f}x",
+                     f"robust acc {a['stock_robust_acc']:.3f} / {a['ltadv_robust_acc']:.3f}"])
+    head = ["", "reference img/s", "ltadv img/s", "ratio", "note (reference / ltadv)"]
+    return (f"{r['model']}, batch {r['batch_size']}, {r['device']}, {r['threads']} threads; matmul peak "
+            f"{r['matmul_peak_flops'] / 1e9:.1f} GFLOP/s; train FLOPs/step {r['flops_per_train_step'] / 1e9:.1f} G "
+            f"(fraction of peak in the train row's note)\n" + markdown_table(head, rows))
