@@ -252,7 +252,7 @@ def bench_autoattack(model, x_u8, dev, eps, n, log=print) -> dict | None:
     Labels are the model's own clean predictions, so every point starts robust and both sides run
     the whole cascade; the robust accuracies must agree (same attacks, same seed).
     """
-    from .attacks import ATTACKS
+    from .attacks import ATTACKS, frozen_params
 
     if "aa" not in ATTACKS:
         log("  autoattack: no 'aa' attack registered; skipped")
@@ -263,9 +263,7 @@ def bench_autoattack(model, x_u8, dev, eps, n, log=print) -> dict | None:
     x = to_float(x_u8[:n], dev)
     with torch.no_grad():
         y = model(x).argmax(1)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
+    with frozen_params(model):
         _sync(dev)
         t = time.perf_counter()
         stock = AutoAttack(model, eps=eps, seed=0, device=dev, version="standard")
@@ -275,9 +273,6 @@ def bench_autoattack(model, x_u8, dev, eps, n, log=print) -> dict | None:
             stock_acc = float((model(x_adv).argmax(1) == y).float().mean())
         _sync(dev)
         t_stock = time.perf_counter() - t
-    finally:
-        for p in model.parameters():
-            p.requires_grad_(True)
     t = time.perf_counter()
     flags = robust_flags(model, x_u8[:n], y, ["aa"], eps, batch_size=n)
     _sync(dev)

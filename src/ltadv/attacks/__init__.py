@@ -7,6 +7,7 @@ The L-inf threat model lives in :func:`project_linf`, the one projection every a
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -27,6 +28,20 @@ def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if y.dim() == logits.dim():
         return -(y * F.log_softmax(logits.float(), dim=1)).sum()
     return F.cross_entropy(logits.float(), y, reduction="sum")
+
+
+@contextlib.contextmanager
+def frozen_params(model: torch.nn.Module):
+    """``requires_grad=False`` on every trainable parameter for the duration, restored afterwards:
+    an attack needs input gradients only, so no parameter gradient is computed or accumulated."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def random_init(x: torch.Tensor, eps: float, random_start: bool | str) -> torch.Tensor:
@@ -71,18 +86,12 @@ def pgd(
     x_adv = random_init(x, eps, random_start)
     if eps == 0:
         return x_adv
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
+    with frozen_params(model):
         for _ in range(steps):
             x_adv.requires_grad_(True)
             loss = loss_fn(model(x_adv), y)
             (grad,) = torch.autograd.grad(loss, x_adv)
             x_adv = project_linf(x_adv.detach() + alpha * grad.sign(), x, eps)
-    finally:
-        for p in params:
-            p.requires_grad_(True)
     return x_adv.detach()
 
 

@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..registry import register
-from . import ATTACKS
+from . import ATTACKS, frozen_params
 
 Stage = tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
 AA_SEED = 0
@@ -49,15 +49,11 @@ def frozen(model: torch.nn.Module):
     """Eval mode and ``requires_grad=False`` on every parameter for the duration (FAB calls
     ``backward``, which would otherwise accumulate parameter gradients); both restored after."""
     was_training = model.training
-    params = [p for p in model.parameters() if p.requires_grad]
     model.eval()
-    for p in params:
-        p.requires_grad_(False)
     try:
-        yield model
+        with frozen_params(model):
+            yield model
     finally:
-        for p in params:
-            p.requires_grad_(True)
         model.train(was_training)
 
 

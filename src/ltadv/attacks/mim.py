@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..registry import register
-from . import ATTACKS, ce_loss, project_linf
+from . import ATTACKS, ce_loss, frozen_params, project_linf
 
 
 def mim(model, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int, mu: float = 1.0,
@@ -30,19 +30,13 @@ def mim(model, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps
     if eps == 0:
         return x_adv
     g = torch.zeros_like(x)
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
+    with frozen_params(model):
         for _ in range(steps):
             x_adv.requires_grad_(True)
             (grad,) = torch.autograd.grad(loss_fn(model(x_adv), y), x_adv)
             l1 = grad.abs().flatten(1).sum(1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
             g = mu * g + grad / l1
             x_adv = project_linf(x_adv.detach() + alpha * g.sign(), x, eps)
-    finally:
-        for p in params:
-            p.requires_grad_(True)
     return x_adv.detach()
 
 
