@@ -246,11 +246,11 @@ def run_bench(model_name: str = "resnet18", batch_size: int = 128, rounds: int =
     return result
 
 
-def bench_autoattack(model, x_u8, dev, eps, n, log=print) -> dict | None:
+def bench_autoattack(model, x_u8, dev, eps, n, log=print, y=None) -> dict | None:
     """Stock pyautoattack (standard version) on the plain model vs ltadv's ``aa`` cascade, same points.
 
-    Labels are the model's own clean predictions, so every point starts robust and both sides run
-    the whole cascade; the robust accuracies must agree (same attacks, same seed).
+    Without ``y`` the labels are the model's own clean predictions, so every point starts robust and
+    both sides run the whole cascade; the robust accuracies must agree (same attacks, same seed).
     """
     from .attacks import ATTACKS, frozen_params
 
@@ -261,14 +261,16 @@ def bench_autoattack(model, x_u8, dev, eps, n, log=print) -> dict | None:
 
     model = model.eval()
     x = to_float(x_u8[:n], dev)
-    with torch.no_grad():
-        y = model(x).argmax(1)
+    if y is None:
+        with torch.no_grad():
+            y = model(x).argmax(1)
+    y = y[:n].to(dev)
     with frozen_params(model):
         _sync(dev)
         t = time.perf_counter()
         stock = AutoAttack(model, eps=eps, seed=0, device=dev, version="standard")
         stock.verbose = False
-        x_adv = stock.run_standard_evaluation(x, y, batch_size=n)
+        x_adv, _ = stock.run_standard_evaluation(x, y, batch_size=n)  # pyautoattack returns (x_adv, y_adv)
         with torch.no_grad():
             stock_acc = float((model(x_adv).argmax(1) == y).float().mean())
         _sync(dev)
@@ -282,6 +284,28 @@ def bench_autoattack(model, x_u8, dev, eps, n, log=print) -> dict | None:
         f"(robust {ours_acc:.3f})")
     return {"n": n, "stock_seconds": t_stock, "ltadv_seconds": t_ours, "speedup": t_stock / t_ours,
             "stock_robust_acc": stock_acc, "ltadv_robust_acc": ours_acc}
+
+
+def bench_autoattack_run(run_dir: str | Path, n: int = 100, which: str = "best", device: str = "auto",
+                         out: str | Path | None = None, log=print) -> dict | None:
+    """Stock AutoAttack vs ltadv's cascade on the first ``n`` test images of a trained run."""
+    from .config import from_dict
+    from .data import build_data
+    from .train import load_run_model
+
+    dev = pick_device(device)
+    model, record = load_run_model(run_dir, which, dev)
+    cfg = from_dict(record["config"])
+    data = build_data(cfg.data, cfg.seed)
+    eps = cfg.attack.eps if cfg.eval.eps is None else cfg.eval.eps
+    log(f"autoattack bench: {run_dir} ({which}), {n} test images, eps {eps:.4g}, device {dev}")
+    res = bench_autoattack(model, data.x_test[:n].to(dev), dev, eps, n, log, y=data.y_test[:n])
+    if res is not None:
+        res.update(run_dir=str(run_dir), checkpoint=which, eps=eps)
+        if out:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(json.dumps(res, indent=1))
+    return res
 
 
 def format_bench(r: dict) -> str:

@@ -265,6 +265,11 @@ def cmd_bench(args, extra) -> int:
 
     if extra:
         raise CLIError(f"unrecognized argument {extra[0]!r}")
+    if args.aa_run:
+        from .bench import bench_autoattack_run
+
+        bench_autoattack_run(args.aa_run, n=args.aa_n or 100, device=args.device or "auto", out=args.out)
+        return 0
     run_bench(args.model, batch_size=args.batch_size, rounds=args.rounds, steps=args.steps,
               eval_steps=args.eval_steps, num_workers=args.workers, device=args.device or "auto", out=args.out,
               aa_n=args.aa_n)
@@ -337,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--eval-steps", type=int, default=20)
     b.add_argument("--workers", type=int, default=2, help="DataLoader workers of the baseline")
     b.add_argument("--aa-n", type=int, default=0, help="points for the AutoAttack comparison (0: skip)")
+    b.add_argument("--aa-run", metavar="RUN_DIR", help="only compare stock AutoAttack with ltadv's cascade on the "
+                                                       "first --aa-n (default 100) test images of a trained run")
     b.add_argument("--device", default=None)
     b.add_argument("--out", metavar="FILE.json", default="benchmarks/results.json")
     b.set_defaults(func=cmd_bench)

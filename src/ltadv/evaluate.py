@@ -119,7 +119,8 @@ def robust_flags(
                 continue
             robust = correct.clone()
             idx_all = torch.nonzero(correct).flatten()
-            bar = tqdm(list(_batches(len(idx_all), batch_size)), desc=name, disable=not progress, leave=False)
+            bar = tqdm(list(_batches(len(idx_all), batch_size)), desc=name, disable=None if progress else True,
+                       leave=False)  # None: off when not a terminal
             for s in bar:
                 idx = idx_all[s]
                 xb = to_float(x[idx], device)

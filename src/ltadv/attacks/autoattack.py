@@ -196,7 +196,8 @@ def run_cascade(
             name, fn = stages[k]
             idx_all = torch.nonzero(state["start_flags"]).flatten()
             n_batches = -(-len(idx_all) // batch_size)
-            bar = tqdm(total=n_batches, initial=state["batches_done"], desc=name, disable=not progress, leave=False)
+            bar = tqdm(total=n_batches, initial=state["batches_done"], desc=name,
+                       disable=None if progress else True, leave=False)  # None: off when not a terminal
             for b in range(state["batches_done"], n_batches):
                 start = time.perf_counter()
                 idx = idx_all[b * batch_size:(b + 1) * batch_size]
