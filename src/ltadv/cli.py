@@ -96,6 +96,12 @@ def _parse_overrides(extra: list[str]) -> dict[str, Any]:
     return out
 
 
+def _reject_extra(extra: list[str]) -> None:
+    """Commands without config overrides take no extra arguments."""
+    if extra:
+        raise CLIError(f"unrecognized argument {extra[0]!r}")
+
+
 def _config_from_args(args, extra: list[str], method: str | None = None) -> Config:
     overrides = _parse_overrides(extra)
     for flag, key in FLAG_KEYS.items():
@@ -203,8 +209,7 @@ def cmd_run(args, extra) -> int:
 def cmd_eval(args, extra) -> int:
     from .train import evaluate_run
 
-    if extra:
-        raise CLIError(f"unrecognized argument {extra[0]!r}")
+    _reject_extra(extra)
     attacks = [a for a in args.attacks.split(",") if a]
     which = [w for w in args.which.split(",") if w]
     for w in which:
@@ -237,8 +242,7 @@ def cmd_sweep(args, extra) -> int:
 def cmd_export(args, extra) -> int:
     from .export import export_weights
 
-    if extra:
-        raise CLIError(f"unrecognized argument {extra[0]!r}")
+    _reject_extra(extra)
     path = export_weights(args.run_dir, args.which, args.out, force=args.force)
     print(f"wrote {args.which} weights of {args.run_dir} to {path}")
     return 0
@@ -247,8 +251,7 @@ def cmd_export(args, extra) -> int:
 def cmd_report(args, extra) -> int:
     from .report import write_report
 
-    if extra:
-        raise CLIError(f"unrecognized argument {extra[0]!r}")
+    _reject_extra(extra)
     formats = [f for f in args.format.split(",") if f]
     from .report import to_markdown
 
@@ -263,8 +266,7 @@ def cmd_report(args, extra) -> int:
 def cmd_bench(args, extra) -> int:
     from .bench import run_bench
 
-    if extra:
-        raise CLIError(f"unrecognized argument {extra[0]!r}")
+    _reject_extra(extra)
     if args.aa_run:
         from .bench import bench_autoattack_run
 
@@ -279,8 +281,7 @@ def cmd_bench(args, extra) -> int:
 def cmd_posthoc(args, extra) -> int:
     from .posthoc import run_posthoc
 
-    if extra:
-        raise CLIError(f"unrecognized argument {extra[0]!r}")
+    _reject_extra(extra)
     attacks = [a for a in args.attacks.split(",") if a] if args.attacks else None
     lws_epochs = args.lws_epochs if args.lws else None
     record = run_posthoc(args.run_dir, args.out, tau_norm=args.tau_norm, lws_epochs=lws_epochs, lws_lr=args.lws_lr,
