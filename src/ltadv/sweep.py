@@ -31,9 +31,9 @@ from typing import Any
 
 import yaml
 
-from .config import ConfigError, dotted_to_nested, load_config, read_yaml, to_dict
+from .config import ConfigError, load_config, read_yaml, to_dict
 from .report import format_table, write_report
-from .results import RESULT, read_record
+from .results import read_record
 
 SPEC_KEYS = {"name", "base", "cells", "grid", "relative_to", "description"}
 
@@ -155,4 +155,4 @@ def run_sweep(spec_name: str, out: str | Path | None = None, overrides: dict[str
     return records
 
 
-__all__ = ["SweepError", "dotted_to_nested", "expand", "load_spec", "preset_names", "run_sweep", "RESULT"]
+__all__ = ["SweepError", "expand", "load_spec", "preset_names", "run_sweep"]

@@ -30,6 +30,14 @@ def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), y, reduction="sum")
 
 
+def check_budget(eps: float, steps: int) -> None:
+    """The checks every iterative attack makes on its budget."""
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+
+
 @contextlib.contextmanager
 def frozen_params(model: torch.nn.Module):
     """``requires_grad=False`` on every trainable parameter for the duration, restored afterwards:
@@ -77,10 +85,7 @@ def pgd(
     The model's mode is left alone: the caller decides (training attacks run in eval mode).
     Gradients flow only to the input; parameter gradients are neither computed nor accumulated.
     """
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    check_budget(eps, steps)
     loss_fn = loss_fn or ce_loss
     x = x.detach()
     x_adv = random_init(x, eps, random_start)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..registry import register
-from . import ATTACKS, ce_loss, frozen_params, project_linf
+from . import ATTACKS, ce_loss, check_budget, frozen_params, project_linf
 
 
 def mim(model, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int, mu: float = 1.0,
@@ -20,10 +20,7 @@ def mim(model, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps
 
     The model's mode is left alone (callers evaluate in eval mode); parameters get no gradients.
     """
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    check_budget(eps, steps)
     loss_fn = loss_fn or ce_loss
     x = x.detach()
     x_adv = x.clone()
