@@ -251,7 +251,6 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
             counted.register_forward_pre_hook(lambda _m, _a: forward_calls.__setitem__(0, forward_calls[0] + 1))
     x_train = data.x_train.to(device)
     y_train = data.y_train.to(device)
-    n = len(y_train)
     bs = dctx.local_batch(cfg.optim.batch_size)  # optim.batch_size is the global batch
     for epoch in range(start_epoch, cfg.train.epochs):
         for g in opt.param_groups:
@@ -307,7 +306,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
             "peak_mem_mb": train_peak_mb,
             "eval_peak_mem_mb": peak_memory_mb(device),
             "forward_passes": None if cfg.train.compile else train_forwards,
-            "batches": math.ceil(n / bs),
+            "batches": math.ceil(len(order) / bs),  # this process's batches (re-sampling, DDP shards)
             "val_clean": val_clean["overall"],
             "val_robust": val_robust["overall"],
             "val_robust_balanced": val_robust["balanced"],
