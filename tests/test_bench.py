@@ -9,7 +9,7 @@ import pytest
 def test_bench_cli_writes_table_and_json(tmp_path):
     out = tmp_path / "bench.json"
     r = subprocess.run([sys.executable, "-m", "ltadv", "bench", "--model", "small_cnn", "--batch-size", "16",
-                        "--rounds", "1", "--steps", "2", "--eval-steps", "2", "--workers", "0", "--out", str(out)],
+                        "--rounds", "1", "--steps", "2", "--workers", "0", "--out", str(out)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "reference img/s" in r.stdout and "training step" in r.stdout

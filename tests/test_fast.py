@@ -1,13 +1,14 @@
 """The optimised paths compute the same thing as the plain ones (within float tolerance)."""
 
 import copy
+import os
 
 import pytest
 import torch
 
 from ltadv.attacks import pgd
 from ltadv.config import load_config
-from ltadv.fast import EvalView, eval_view
+from ltadv.fast import EvalView, _glibc, eval_view, keep_freed_memory
 from ltadv.methods import METHODS
 from ltadv.models import MODELS, build_model
 from ltadv.train import autocast_for, train_step
@@ -99,3 +100,48 @@ def test_train_step_with_view_equals_plain_step():
     assert v1 == pytest.approx(l1, rel=1e-4) and v2 == pytest.approx(l2, rel=1e-3)
     for k in s1:
         assert torch.allclose(s1[k].float(), s2[k].float(), atol=1e-4, rtol=1e-3), k
+
+
+_FAULTS_SCRIPT = """
+import resource, torch
+from ltadv.fast import keep_freed_memory
+
+torch.manual_seed(0)
+net = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(64, 64, 3, padding=1),
+                          torch.nn.ReLU(), torch.nn.Conv2d(64, 10, 3, padding=1))
+x = torch.rand(128, 3, 32, 32)  # 64-channel activations of 32 MiB, as ResNet-18's first stage at batch 128
+
+def faults_per_step(reps=3):  # an attack step: forward, gradient to the input
+    def step():
+        xa = x.clone().requires_grad_(True)
+        torch.autograd.grad(net(xa).square().sum(), xa)
+    step()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(reps):
+        step()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / reps
+
+default = faults_per_step()
+applied = keep_freed_memory(True)
+print(default, applied, faults_per_step(), 32 * 2**20 / resource.getpagesize())
+"""
+
+
+@pytest.mark.skipif(_glibc() is None, reason="glibc's mallopt only")
+def test_keep_freed_memory_reuses_large_blocks_without_page_faults():
+    import subprocess
+    import sys
+
+    # a fresh process: glibc's allocator state is process-wide and cannot be put back
+    r = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], capture_output=True, text=True,
+                       env={**os.environ, "LTADV_CPU_HEAP": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    default, applied, reuse, pages = r.stdout.split()
+    assert applied == "True"
+    assert float(default) > 4 * float(pages)  # by default every 32 MiB activation is a fresh mmap: all pages fault
+    assert float(reuse) < 0.1 * float(default)  # with heap reuse the freed blocks are reused as they are
+
+
+def test_keep_freed_memory_can_be_switched_off_by_environment(monkeypatch):
+    monkeypatch.setenv("LTADV_CPU_HEAP", "0")
+    assert keep_freed_memory(True) is False

@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .config import load_config
 from .data.augment import build_pipeline
 from .evaluate import robust_flags, to_float
-from .fast import eval_view
+from .fast import eval_view, heap_reuse_available, keep_freed_memory
 from .losses import balanced_softmax_loss
 from .methods import METHODS
 from .models import build_model
@@ -92,12 +92,10 @@ def train_step_flops(model, batch_size: int, steps: int, device) -> int:
     return steps * 2 * fwd.get_total_flops() + full.get_total_flops()
 
 
-def reference_pgd(model, x, y, eps, alpha, steps, start="normal"):
-    """PGD as in the reference scripts: autograd.grad w.r.t. x' only, fp32, parameters left trainable."""
-    if start == "normal":
-        x_adv = x.detach() + 0.001 * torch.randn_like(x)
-    else:
-        x_adv = x.detach() + torch.empty_like(x).uniform_(-eps, eps)
+def reference_pgd(model, x, y, eps, alpha, steps):
+    """The reference training attack (AT-BSL's ``pgd_loss``): start x + 0.001 N(0, 1), autograd.grad
+    w.r.t. x' only, fp32, parameters left trainable."""
+    x_adv = x.detach() + 0.001 * torch.randn_like(x)
     for _ in range(steps):
         x_adv.requires_grad_()
         with torch.enable_grad():
@@ -106,6 +104,28 @@ def reference_pgd(model, x, y, eps, alpha, steps, start="normal"):
         x_adv = x_adv.detach() + alpha * grad.sign()
         x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
     return x_adv
+
+
+def reference_pgd_eval(model, x, y, eps, alpha, steps) -> float:
+    """Robust accuracy under PGD-``steps`` run in the reference scripts' evaluation schedule (AT-BSL's
+    ``pgd_attack._pgd_whitebox`` and ``eval.py``; TRADES' and RoBal's are the same): a clean forward
+    on an input that requires grad, then per step ``loss.backward()`` through the eval-mode model
+    with its parameters left trainable (their gradients are computed and accumulated, then unused),
+    and a last forward on x'. ltadv runs the same attack with gradients to the input only.
+    """
+    x = x.detach().requires_grad_(True)
+    model(x).argmax(1)  # the reference's clean error count; its graph is built and dropped
+    x_adv = (x.detach() + torch.empty_like(x).uniform_(-eps, eps)).requires_grad_(True)
+    for _ in range(steps):
+        with torch.enable_grad():
+            loss = F.cross_entropy(model(x_adv), y)
+        loss.backward()
+        x_adv = x_adv.detach() + alpha * x_adv.grad.sign()
+        delta = torch.clamp(x_adv - x.detach(), -eps, eps)
+        x_adv = torch.clamp(x.detach() + delta, 0, 1).requires_grad_(True)
+    acc = float((model(x_adv).argmax(1) == y).float().mean())
+    model.zero_grad(set_to_none=True)
+    return acc
 
 
 def reference_train_step(model, opt, x, y, counts, eps, alpha, steps):
@@ -120,9 +140,20 @@ def reference_train_step(model, opt, x, y, counts, eps, alpha, steps):
 
 
 def run_bench(model_name: str = "resnet18", batch_size: int = 128, rounds: int = 3, steps: int = 10,
-              eval_steps: int = 20, num_workers: int = 2, device: str = "auto", out: str | Path | None = None,
-              aa_n: int = 0, log=print) -> dict:
+              num_workers: int = 2, device: str = "auto", out: str | Path | None = None,
+              aa_n: int = 0, same_allocator: bool = False, log=print) -> dict:
+    """Time both sides; see the module docstring. The reference runs with glibc's default allocator
+    behaviour, as its scripts do, and ltadv with :func:`ltadv.fast.keep_freed_memory`, as its
+    ``train``/``eval`` do on CPU (switched on once the reference is done); ``same_allocator`` gives
+    the reference the same allocator setting, to isolate the code paths' own speed-up.
+    """
     dev = pick_device(device)
+    eval_steps = 20  # ltadv's side is its registered pgd20 attack
+    # glibc's default for the reference unless same_allocator (then heap reuse from the start)
+    heap = dev.type == "cpu" and heap_reuse_available()
+    if heap and same_allocator:
+        keep_freed_memory(True)
+
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     n = batch_size * (rounds + 1)
@@ -181,54 +212,54 @@ def run_bench(model_name: str = "resnet18", batch_size: int = 128, rounds: int =
         return time.perf_counter() - t
 
     log(f"bench: {model_name}, batch {batch_size}, PGD-{steps} training, PGD-{eval_steps} eval, device {dev}, "
-        f"{torch.get_num_threads()} threads, {rounds} rounds")
-    ref_step(), our_step()  # warm-up (allocator, oneDNN primitive caches, DataLoader workers)
-    t_ref, t_our = [], []
-    for r in range(rounds):
-        t_ref.append(timed(ref_step))
-        t_our.append(timed(our_step))
-        log(f"  train round {r + 1}: reference {t_ref[-1]:.2f}s  ltadv {t_our[-1]:.2f}s")
-
-    step_flops = train_step_flops(base, batch_size, steps, dev)
-
-    # PGD-20 evaluation on points the model classifies correctly (labels = its own clean predictions),
-    # so both sides attack every point and do the same work.
-    ref_model.eval()
+        f"{torch.get_num_threads()} threads, {rounds} rounds; reference first, then ltadv")
+    # PGD-20 evaluation runs on points the model classifies correctly (labels = its own clean
+    # predictions after the reference's training rounds), so both sides attack every point and do
+    # the same work; ltadv evaluates a copy of those weights.
     xe = to_float(x_u8[:batch_size], dev)
-    with torch.no_grad():
-        ye = ref_model(xe).argmax(1)
-    our_eval_model = copy.deepcopy(ref_model)
+    acc = {}
 
     def ref_eval():
         torch.manual_seed(1)
-        x_adv = reference_pgd(ref_model, xe, ye, eps, alpha, eval_steps, start="uniform")
-        with torch.no_grad():
-            return float((ref_model(x_adv).argmax(1) == ye).float().mean())
+        acc["reference"] = reference_pgd_eval(ref_model, xe, ye, eps, alpha, eval_steps)
 
     def our_eval():
         torch.manual_seed(1)
         flags = robust_flags(our_eval_model, x_u8[:batch_size], ye, ["pgd20"], eps, batch_size=batch_size)
-        return float(flags["pgd20"].float().mean())
+        acc["ltadv"] = float(flags["pgd20"].float().mean())
 
-    acc = {}
-    e_ref, e_our = [], []
-    for r in range(max(1, rounds - 1)):
-        _sync(dev)
-        t = time.perf_counter()
-        acc["reference"] = ref_eval()
-        _sync(dev)
-        e_ref.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        acc["ltadv"] = our_eval()
-        _sync(dev)
-        e_our.append(time.perf_counter() - t)
-        log(f"  eval round {r + 1}: reference {e_ref[-1]:.2f}s  ltadv {e_our[-1]:.2f}s")
+    # The two sides run one after the other, not interleaved: ltadv's allocator setting is
+    # process-wide and glibc cannot be put back into its adaptive default once it is changed.
+    ref_step()  # warm-up (allocator, oneDNN primitive caches, DataLoader workers)
+    t_ref = [timed(ref_step) for _ in range(rounds)]
+    log("  train reference: " + "  ".join(f"{t:.2f}s" for t in t_ref))
+    ref_model.eval()
+    with torch.no_grad():
+        ye = ref_model(xe).argmax(1)
+    our_eval_model = copy.deepcopy(ref_model)
+    reference_pgd_eval(ref_model, xe, ye, eps, alpha, 1)  # warm-up
+    e_ref = [timed(ref_eval) for _ in range(max(1, rounds - 1))]
+    log("  PGD-20 eval reference: " + "  ".join(f"{t:.2f}s" for t in e_ref))
+    stock = stock_autoattack(ref_model, to_float(x_u8[:aa_n], dev), None, eps) if aa_n > 0 else None
 
-    aa = bench_autoattack(ref_model, x_u8, dev, eps, aa_n, log) if aa_n > 0 else None
+    if heap:
+        keep_freed_memory(True)
+    our_step()  # warm-up
+    t_our = [timed(our_step) for _ in range(rounds)]
+    log("  train ltadv:     " + "  ".join(f"{t:.2f}s" for t in t_our))
+    robust_flags(our_eval_model, x_u8[:batch_size], ye, ["fgsm"], eps, batch_size=batch_size)  # warm-up
+    e_our = [timed(our_eval) for _ in range(max(1, rounds - 1))]
+    log("  PGD-20 eval ltadv:     " + "  ".join(f"{t:.2f}s" for t in e_our))
+    aa = None if stock is None else compare_autoattack(stock, our_eval_model, x_u8[:aa_n], eps, dev, log)
+    if aa_n > 0 and stock is None:
+        log("  autoattack: no 'aa' attack registered; skipped")
+
+    step_flops = train_step_flops(base, batch_size, steps, dev)
     peak = matmul_peak(dev)
     tr, to, er, eo = (statistics.median(v) for v in (t_ref, t_our, e_ref, e_our))
     result = {
         "model": model_name, "batch_size": batch_size, "device": str(dev), "threads": torch.get_num_threads(),
+        "cpu_heap_reuse": {"ltadv": heap, "reference": heap and same_allocator},
         "train_pgd_steps": steps, "eval_pgd_steps": eval_steps, "rounds": rounds, "num_workers": num_workers,
         "train": {"reference_img_s": batch_size / tr, "ltadv_img_s": batch_size / to, "speedup": tr / to},
         "pgd20_eval": {"reference_img_s": batch_size / er, "ltadv_img_s": batch_size / eo, "speedup": er / eo,
@@ -246,44 +277,61 @@ def run_bench(model_name: str = "resnet18", batch_size: int = 128, rounds: int =
     return result
 
 
-def bench_autoattack(model, x_u8, dev, eps, n, log=print, y=None) -> dict | None:
-    """Stock pyautoattack (standard version) on the plain model vs ltadv's ``aa`` cascade, same points.
+def stock_autoattack(model, x: torch.Tensor, y: torch.Tensor | None, eps: float) -> dict | None:
+    """Stock pyautoattack (standard version, ``run_standard_evaluation``) on the plain model:
+    {"seconds", "robust_acc", "y"}; None when ltadv's ``aa`` (and so pyautoattack) is unavailable.
 
     Without ``y`` the labels are the model's own clean predictions, so every point starts robust and
-    both sides run the whole cascade; the robust accuracies must agree (same attacks, same seed).
+    the whole cascade runs.
     """
     from .attacks import ATTACKS, frozen_params
 
     if "aa" not in ATTACKS:
-        log("  autoattack: no 'aa' attack registered; skipped")
         return None
     from pyautoattack import AutoAttack
 
     model = model.eval()
-    x = to_float(x_u8[:n], dev)
     if y is None:
         with torch.no_grad():
             y = model(x).argmax(1)
-    y = y[:n].to(dev)
+    y = y.to(x.device)
     with frozen_params(model):
-        _sync(dev)
+        _sync(x.device)
         t = time.perf_counter()
-        stock = AutoAttack(model, eps=eps, seed=0, device=dev, version="standard")
+        stock = AutoAttack(model, eps=eps, seed=0, device=x.device, version="standard")
         stock.verbose = False
-        x_adv, _ = stock.run_standard_evaluation(x, y, batch_size=n)  # pyautoattack returns (x_adv, y_adv)
+        x_adv, _ = stock.run_standard_evaluation(x, y, batch_size=len(x))  # returns (x_adv, y_adv)
         with torch.no_grad():
-            stock_acc = float((model(x_adv).argmax(1) == y).float().mean())
-        _sync(dev)
-        t_stock = time.perf_counter() - t
+            acc = float((model(x_adv).argmax(1) == y).float().mean())
+        _sync(x.device)
+    return {"seconds": time.perf_counter() - t, "robust_acc": acc, "y": y}
+
+
+def compare_autoattack(stock: dict, model, x_u8: torch.Tensor, eps: float, dev, log=print) -> dict:
+    """ltadv's ``aa`` cascade on the points and labels of a :func:`stock_autoattack` result."""
+    n = len(x_u8)
     t = time.perf_counter()
-    flags = robust_flags(model, x_u8[:n], y, ["aa"], eps, batch_size=n)
+    flags = robust_flags(model.eval(), x_u8, stock["y"], ["aa"], eps, batch_size=n)
     _sync(dev)
     t_ours = time.perf_counter() - t
     ours_acc = float(flags["aa"].float().mean())
-    log(f"  autoattack on {n} points: stock {t_stock:.1f}s (robust {stock_acc:.3f})  ltadv {t_ours:.1f}s "
-        f"(robust {ours_acc:.3f})")
-    return {"n": n, "stock_seconds": t_stock, "ltadv_seconds": t_ours, "speedup": t_stock / t_ours,
-            "stock_robust_acc": stock_acc, "ltadv_robust_acc": ours_acc}
+    log(f"  autoattack on {n} points: stock {stock['seconds']:.1f}s (robust {stock['robust_acc']:.3f})  "
+        f"ltadv {t_ours:.1f}s (robust {ours_acc:.3f})")
+    return {"n": n, "stock_seconds": stock["seconds"], "ltadv_seconds": t_ours, "speedup": stock["seconds"] / t_ours,
+            "stock_robust_acc": stock["robust_acc"], "ltadv_robust_acc": ours_acc}
+
+
+def bench_autoattack(model, x_u8, dev, eps, n, log=print, y=None) -> dict | None:
+    """Stock pyautoattack on the plain model (glibc's default allocator, as a plain script runs),
+    then ltadv's ``aa`` cascade (with :func:`ltadv.fast.keep_freed_memory` on CPU), same points and
+    labels; the robust accuracies must agree (same attacks, same seed)."""
+    stock = stock_autoattack(model, to_float(x_u8[:n], dev), None if y is None else y[:n], eps)
+    if stock is None:
+        log("  autoattack: no 'aa' attack registered; skipped")
+        return None
+    if dev.type == "cpu":
+        keep_freed_memory(True)
+    return compare_autoattack(stock, model, x_u8[:n], eps, dev, log)
 
 
 def bench_autoattack_run(run_dir: str | Path, n: int = 100, which: str = "best", device: str = "auto",

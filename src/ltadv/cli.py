@@ -273,8 +273,8 @@ def cmd_bench(args, extra) -> int:
         bench_autoattack_run(args.aa_run, n=args.aa_n or 100, device=args.device or "auto", out=args.out)
         return 0
     run_bench(args.model, batch_size=args.batch_size, rounds=args.rounds, steps=args.steps,
-              eval_steps=args.eval_steps, num_workers=args.workers, device=args.device or "auto", out=args.out,
-              aa_n=args.aa_n)
+              num_workers=args.workers, device=args.device or "auto", out=args.out,
+              aa_n=args.aa_n, same_allocator=args.same_allocator)
     return 0
 
 
@@ -340,11 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=int, default=128)
     b.add_argument("--rounds", type=int, default=3, help="timed rounds per side (median reported)")
     b.add_argument("--steps", type=int, default=10, help="PGD steps of the training attack")
-    b.add_argument("--eval-steps", type=int, default=20)
     b.add_argument("--workers", type=int, default=2, help="DataLoader workers of the baseline")
     b.add_argument("--aa-n", type=int, default=0, help="points for the AutoAttack comparison (0: skip)")
     b.add_argument("--aa-run", metavar="RUN_DIR", help="only compare stock AutoAttack with ltadv's cascade on the "
                                                        "first --aa-n (default 100) test images of a trained run")
+    b.add_argument("--same-allocator", action="store_true",
+                   help="give the baseline ltadv's CPU allocator setting too (isolates the code paths' speed-up)")
     b.add_argument("--device", default=None)
     b.add_argument("--out", metavar="FILE.json", default="benchmarks/results.json")
     b.set_defaults(func=cmd_bench)

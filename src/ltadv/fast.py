@@ -93,3 +93,52 @@ def eval_view(model: nn.Module, fold_bn: bool = True, channels_last: bool = Fals
         return EvalView(model, fold_bn=fold_bn, channels_last=channels_last)
     except (fx.proxy.TraceError, TypeError, NotImplementedError):
         return model
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+_GLIBC_MMAP_MAX_DEFAULT = 65536
+_GLIBC_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
+
+
+def _glibc():
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL(None)
+    except OSError:
+        return None
+
+
+def heap_reuse_available() -> bool:
+    """Whether :func:`keep_freed_memory` can act here (glibc, not switched off by LTADV_CPU_HEAP=0)."""
+    import os
+
+    return _glibc() is not None and os.environ.get("LTADV_CPU_HEAP", "1") != "0"
+
+
+def keep_freed_memory(enable: bool = True) -> bool:
+    """Let the CPU allocator reuse freed activation memory instead of returning it to the OS.
+
+    glibc serves blocks of 32 MiB and more (a ResNet-18 activation at batch 128, 32x32) with a fresh
+    ``mmap`` and unmaps them on free, so every attack step touches its activations through ~170k
+    page faults: ~10% of a PGD step on 2 cores (benchmarks/, README). With mmap off and the trim
+    threshold high, freed blocks stay in the heap and the next step reuses them (the role PyTorch's
+    caching allocator plays on CUDA; PyTorch's CPU tuning guide suggests jemalloc/tcmalloc via
+    LD_PRELOAD for the same reason, which cannot be switched on from inside a running process, so
+    this calls glibc's own ``mallopt``). ``enable=False`` restores glibc's long-run defaults (mmap
+    for blocks >= 32 MiB, trim above 64 MiB). Returns whether the setting was applied: False off
+    glibc, or when the environment sets ``LTADV_CPU_HEAP=0``.
+    """
+    if not heap_reuse_available():
+        return False
+    libc = _glibc()
+    if enable:
+        settings = [(_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)]
+    else:
+        settings = [(_M_MMAP_MAX, _GLIBC_MMAP_MAX_DEFAULT), (_M_MMAP_THRESHOLD, _GLIBC_MMAP_THRESHOLD_MAX),
+                    (_M_TRIM_THRESHOLD, 2 * _GLIBC_MMAP_THRESHOLD_MAX)]
+    return all(libc.mallopt(param, value) == 1 for param, value in settings)

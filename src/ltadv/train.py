@@ -33,7 +33,7 @@ from .evaluate import (
     summarize,
     to_float,
 )
-from .fast import EvalView, eval_view
+from .fast import EvalView, eval_view, keep_freed_memory
 from .methods import METHODS
 from .models import MODELS, Classifier, build_model, posthoc
 from .registry import lookup
@@ -180,6 +180,8 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     if resume:
         state, cfg = saved_run_state(out, cfg)
     dctx, device = distributed.setup(device)
+    if device.type == "cpu":
+        keep_freed_memory()  # reuse freed activations instead of page-faulting fresh mmaps every step
     dctx.local_batch(cfg.optim.batch_size)  # a global batch that does not split is an error before any write
     log = log if dctx.is_main else (lambda *a, **k: None)
     reproducibility.set_deterministic(cfg.train.deterministic)
@@ -413,6 +415,8 @@ def evaluate_run(
         if check is not None:
             check()  # an optional dependency is missing: fail before any work
     device = device or pick_device(cfg.train.device)
+    if torch.device(device).type == "cpu":
+        keep_freed_memory()
     if data is None:
         data = build_data(cfg.data, cfg.seed)
     x, y = data.x_test, data.y_test
