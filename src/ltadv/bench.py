@@ -1,12 +1,15 @@
 """``ltadv bench``: ltadv's training step and evaluation against a reference-style baseline, in one process.
 
 The baseline follows the AT-BSL / RoBal / TRADES scripts: a per-image PIL pipeline (RandomCrop(32, 4)
-+ RandomHorizontalFlip + ToTensor) behind a torch DataLoader, fp32, NCHW, PGD via
-``torch.autograd.grad`` with the model in eval mode, then BSL on x' in train mode and an SGD step.
-ltadv's side is the real code path (:func:`ltadv.train.train_step`, :func:`ltadv.evaluate.robust_flags`):
-uint8 data on the device with batch crop/flip, the attack on a BN-folded channels_last eval view,
-autocast on CUDA. Both run the same model (same initial weights), batch and data, interleaved
-round by round so machine noise hits both alike; the figure is the median over rounds.
++ RandomHorizontalFlip + ToTensor) behind a torch DataLoader, fp32, NCHW, glibc's default
+allocator; training: PGD via ``torch.autograd.grad`` with the model in eval mode, then BSL on x' in
+train mode and an SGD step; PGD-20 evaluation in the scripts' ``_pgd_whitebox`` schedule
+(:func:`reference_pgd_eval`). ltadv's side is the real code path (:func:`ltadv.train.train_step`,
+:func:`ltadv.evaluate.robust_flags`): uint8 data on the device with batch crop/flip, the attack on a
+BN-folded channels_last eval view, autocast on CUDA, heap reuse on CPU
+(:func:`ltadv.fast.keep_freed_memory`). Both run the same model (same initial weights), batch and
+data; the figure is the median over rounds. Rounds alternate between the sides when both use the
+same allocator; otherwise the reference runs first (the allocator switch is one-way).
 Achieved FLOP/s (counted with torch.utils.flop_counter) is reported as a fraction of the machine's
 measured fp32 matmul peak.
 """
@@ -212,7 +215,7 @@ def run_bench(model_name: str = "resnet18", batch_size: int = 128, rounds: int =
         return time.perf_counter() - t
 
     log(f"bench: {model_name}, batch {batch_size}, PGD-{steps} training, PGD-{eval_steps} eval, device {dev}, "
-        f"{torch.get_num_threads()} threads, {rounds} rounds; reference first, then ltadv")
+        f"{torch.get_num_threads()} threads, {rounds} rounds")
     # PGD-20 evaluation runs on points the model classifies correctly (labels = its own clean
     # predictions after the reference's training rounds), so both sides attack every point and do
     # the same work; ltadv evaluates a copy of those weights.
@@ -228,28 +231,44 @@ def run_bench(model_name: str = "resnet18", batch_size: int = 128, rounds: int =
         flags = robust_flags(our_eval_model, x_u8[:batch_size], ye, ["pgd20"], eps, batch_size=batch_size)
         acc["ltadv"] = float(flags["pgd20"].float().mean())
 
-    # The two sides run one after the other, not interleaved: ltadv's allocator setting is
-    # process-wide and glibc cannot be put back into its adaptive default once it is changed.
+    def rounds_of(ref_fn, our_fn, n_rounds, interleave):
+        """Timed rounds of both sides: alternating when ``interleave`` (machine noise hits both
+        alike), else all reference rounds first (the caller switches the allocator in between)."""
+        if interleave:
+            pairs = [(timed(ref_fn), timed(our_fn)) for _ in range(n_rounds)]
+            return [p[0] for p in pairs], [p[1] for p in pairs]
+        return [timed(ref_fn) for _ in range(n_rounds)], None
+
+    def log_rounds(what, side, times):
+        log(f"  {what} {side}: " + "  ".join(f"{t:.2f}s" for t in times))
+
+    # With glibc's default allocator for the reference the two sides run one after the other:
+    # ltadv's heap reuse is process-wide and glibc cannot be put back into its adaptive default
+    # once it is changed. With the same allocator for both, rounds alternate.
+    interleave = same_allocator or not heap
     ref_step()  # warm-up (allocator, oneDNN primitive caches, DataLoader workers)
-    t_ref = [timed(ref_step) for _ in range(rounds)]
-    log("  train reference: " + "  ".join(f"{t:.2f}s" for t in t_ref))
+    if interleave:
+        our_step()
+    t_ref, t_our = rounds_of(ref_step, our_step, rounds, interleave)
     ref_model.eval()
     with torch.no_grad():
         ye = ref_model(xe).argmax(1)
     our_eval_model = copy.deepcopy(ref_model)
     reference_pgd_eval(ref_model, xe, ye, eps, alpha, 1)  # warm-up
-    e_ref = [timed(ref_eval) for _ in range(max(1, rounds - 1))]
-    log("  PGD-20 eval reference: " + "  ".join(f"{t:.2f}s" for t in e_ref))
+    if interleave:
+        robust_flags(our_eval_model, x_u8[:batch_size], ye, ["fgsm"], eps, batch_size=batch_size)
+    e_ref, e_our = rounds_of(ref_eval, our_eval, max(1, rounds - 1), interleave)
     stock = stock_autoattack(ref_model, to_float(x_u8[:aa_n], dev), None, eps) if aa_n > 0 else None
 
-    if heap:
+    if not interleave:
         keep_freed_memory(True)
-    our_step()  # warm-up
-    t_our = [timed(our_step) for _ in range(rounds)]
-    log("  train ltadv:     " + "  ".join(f"{t:.2f}s" for t in t_our))
-    robust_flags(our_eval_model, x_u8[:batch_size], ye, ["fgsm"], eps, batch_size=batch_size)  # warm-up
-    e_our = [timed(our_eval) for _ in range(max(1, rounds - 1))]
-    log("  PGD-20 eval ltadv:     " + "  ".join(f"{t:.2f}s" for t in e_our))
+        our_step()  # warm-up
+        t_our = [timed(our_step) for _ in range(rounds)]
+        robust_flags(our_eval_model, x_u8[:batch_size], ye, ["fgsm"], eps, batch_size=batch_size)  # warm-up
+        e_our = [timed(our_eval) for _ in range(max(1, rounds - 1))]
+    for what, ref_t, our_t in (("train", t_ref, t_our), ("PGD-20 eval", e_ref, e_our)):
+        log_rounds(what, "reference", ref_t)
+        log_rounds(what, "ltadv", our_t)
     aa = None if stock is None else compare_autoattack(stock, our_eval_model, x_u8[:aa_n], eps, dev, log)
     if aa_n > 0 and stock is None:
         log("  autoattack: no 'aa' attack registered; skipped")
@@ -259,7 +278,9 @@ def run_bench(model_name: str = "resnet18", batch_size: int = 128, rounds: int =
     tr, to, er, eo = (statistics.median(v) for v in (t_ref, t_our, e_ref, e_our))
     result = {
         "model": model_name, "batch_size": batch_size, "device": str(dev), "threads": torch.get_num_threads(),
-        "cpu_heap_reuse": {"ltadv": heap, "reference": heap and same_allocator},
+        "cpu_heap_reuse": {"ltadv": heap, "reference": heap and same_allocator}, "interleaved": interleave,
+        "train_seconds": {"reference": t_ref, "ltadv": t_our},
+        "pgd20_eval_seconds": {"reference": e_ref, "ltadv": e_our},
         "train_pgd_steps": steps, "eval_pgd_steps": eval_steps, "rounds": rounds, "num_workers": num_workers,
         "train": {"reference_img_s": batch_size / tr, "ltadv_img_s": batch_size / to, "speedup": tr / to},
         "pgd20_eval": {"reference_img_s": batch_size / er, "ltadv_img_s": batch_size / eo, "speedup": er / eo,
