@@ -231,13 +231,17 @@ def run_bench(model_name: str = "resnet18", batch_size: int = 128, rounds: int =
         flags = robust_flags(our_eval_model, x_u8[:batch_size], ye, ["pgd20"], eps, batch_size=batch_size)
         acc["ltadv"] = float(flags["pgd20"].float().mean())
 
-    def rounds_of(ref_fn, our_fn, n_rounds, interleave):
-        """Timed rounds of both sides: alternating when ``interleave`` (machine noise hits both
-        alike), else all reference rounds first (the caller switches the allocator in between)."""
-        if interleave:
-            pairs = [(timed(ref_fn), timed(our_fn)) for _ in range(n_rounds)]
-            return [p[0] for p in pairs], [p[1] for p in pairs]
-        return [timed(ref_fn) for _ in range(n_rounds)], None
+    def rounds_of(fns, n_rounds):
+        """Timed rounds of each function, alternating between them round by round (machine noise
+        hits all alike); one list of seconds per function."""
+        times = [[] for _ in fns]
+        for _ in range(n_rounds):
+            for fn, t in zip(fns, times):
+                t.append(timed(fn))
+        return times
+
+    def warm_up_our_eval():  # primitive caches of the view at this batch shape
+        robust_flags(our_eval_model, x_u8[:batch_size], ye, ["fgsm"], eps, batch_size=batch_size)
 
     def log_rounds(what, side, times):
         log(f"  {what} {side}: " + "  ".join(f"{t:.2f}s" for t in times))
@@ -250,23 +254,28 @@ def run_bench(model_name: str = "resnet18", batch_size: int = 128, rounds: int =
     ref_step()  # warm-up (allocator, oneDNN primitive caches, DataLoader workers)
     if interleave:
         our_step()
-    t_ref, t_our = rounds_of(ref_step, our_step, rounds, interleave)
+        t_ref, t_our = rounds_of([ref_step, our_step], rounds)
+    else:
+        (t_ref,) = rounds_of([ref_step], rounds)
     ref_model.eval()
     with torch.no_grad():
         ye = ref_model(xe).argmax(1)
     our_eval_model = copy.deepcopy(ref_model)
     reference_pgd_eval(ref_model, xe, ye, eps, alpha, 1)  # warm-up
+    eval_rounds = max(1, rounds - 1)
     if interleave:
-        robust_flags(our_eval_model, x_u8[:batch_size], ye, ["fgsm"], eps, batch_size=batch_size)
-    e_ref, e_our = rounds_of(ref_eval, our_eval, max(1, rounds - 1), interleave)
+        warm_up_our_eval()
+        e_ref, e_our = rounds_of([ref_eval, our_eval], eval_rounds)
+    else:
+        (e_ref,) = rounds_of([ref_eval], eval_rounds)
     stock = stock_autoattack(ref_model, to_float(x_u8[:aa_n], dev), None, eps) if aa_n > 0 else None
 
     if not interleave:
         keep_freed_memory(True)
         our_step()  # warm-up
-        t_our = [timed(our_step) for _ in range(rounds)]
-        robust_flags(our_eval_model, x_u8[:batch_size], ye, ["fgsm"], eps, batch_size=batch_size)  # warm-up
-        e_our = [timed(our_eval) for _ in range(max(1, rounds - 1))]
+        (t_our,) = rounds_of([our_step], rounds)
+        warm_up_our_eval()
+        (e_our,) = rounds_of([our_eval], eval_rounds)
     for what, ref_t, our_t in (("train", t_ref, t_our), ("PGD-20 eval", e_ref, e_our)):
         log_rounds(what, "reference", ref_t)
         log_rounds(what, "ltadv", our_t)

@@ -15,6 +15,7 @@ cost of one pass over the weights per step.
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 import torch.fx as fx
@@ -101,6 +102,7 @@ _GLIBC_MMAP_MAX_DEFAULT = 65536
 _GLIBC_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
 
 
+@functools.cache
 def _glibc():
     import ctypes
     import platform
