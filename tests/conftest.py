@@ -39,3 +39,40 @@ def cifar_root(tmp_path):
 
 
 TINY = ["--epochs", "2", "--quiet", "--optim.batch_size", "128", "--attack.steps", "2"]
+
+
+def write_cifar100(root: Path, n_per_class_train: int = 6, n_per_class_test: int = 1, seed: int = 0) -> dict:
+    """A tiny CIFAR-100 folder (``cifar-100-python/train`` and ``test`` with ``fine_labels``)."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    out = {}
+    for name, n in (("train", n_per_class_train), ("test", n_per_class_test)):
+        y = np.repeat(np.arange(100), n)
+        rng.shuffle(y)
+        x = rng.integers(0, 256, size=(len(y), 3 * 32 * 32), dtype=np.uint8)
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": x, b"fine_labels": y.tolist(), b"coarse_labels": (y // 5).tolist()}, f, protocol=2)
+        out[name] = (x, y)
+    return out
+
+
+def write_tiny_imagenet(root: Path, n_per_class_train: int = 2, seed: int = 0) -> None:
+    """A tiny Tiny-ImageNet-200 folder in its standard layout (200 classes, 64x64 JPEGs, one val image each)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder = root / "tiny-imagenet-200"
+    wnids = [f"n{i:08d}" for i in range(200)]
+    (folder / "val" / "images").mkdir(parents=True)
+    (folder / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    lines = []
+    for c, w in enumerate(wnids):
+        d = folder / "train" / w / "images"
+        d.mkdir(parents=True)
+        for k in range(n_per_class_train):
+            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(d / f"{w}_{k}.JPEG")
+        img = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+        img.save(folder / "val" / "images" / f"val_{c}.JPEG")
+        lines.append(f"val_{c}.JPEG\t{w}\t0\t0\t64\t64")
+    (folder / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")

@@ -161,7 +161,11 @@ def test_robal_defaults_and_head():
     m = cfg.method
     assert (m.tau_b, m.s, m.m0, m.tau_m, m.beta) == (1.5, 10.0, 0.1, 0.3, 6.0)  # RoBal's CIFAR-10-LT config
     assert cfg.attack.init == "uniform_plus"
-    assert isinstance(model.head, CosineHead) and model.head.s == 10.0
+    # RoBal's code (configs/CIFAR10_LT/cifar10_LT0.02_pgdat_robal_R_train.yaml): CosPlus ``scale: 1``, s in the loss
+    assert m.scale_in == "loss"
+    assert isinstance(model.head, CosineHead) and model.head.s == 1.0
+    _, _, head_model = _method_and_model("robal", **{"method.scale_in": "head"})
+    assert head_model.head.s == 10.0
     assert load_config(overrides={"method.name": "at_bsl"}).method.tau_b == 1.0
     assert load_config(overrides={"method.name": "robal", "method.tau_b": 1.2}).method.tau_b == 1.2
 
@@ -172,9 +176,26 @@ def test_robal_all_on_composes_the_parts():
     x_adv = (x - 0.05).clamp(0, 1)
     model.train()
     out = method.loss(model, x, x_adv, y)
+    za, zc = model(x_adv), model(x)  # cosines: the head has scale 1 (scale_in loss)
+    assert za.abs().max() <= 1 + 1e-6
+    # RoBal's MultiMarginLoss: CE(s * (cos - m_y) + tau_b log prior); its add_reg_train: KL on the cosines
+    counts = torch.tensor(method.class_counts, dtype=torch.float32)
+    margins = 0.3 / 10 * (counts / counts.min()).log() + 0.1
+    onehot = torch.nn.functional.one_hot(y, 10).float()
+    ce = torch.nn.functional.cross_entropy(10 * (za - margins * onehot) + 1.5 * (counts / counts.sum()).log(), y)
+    p_c, p_a = zc.softmax(1), za.softmax(1)
+    kl = (p_c * (p_c.log() - p_a.log())).sum(1).mean()
+    assert torch.allclose(out["loss"], ce + 6.0 * kl, atol=1e-5)
+
+
+def test_robal_scale_in_head_sees_scaled_logits_in_the_kl():
+    _, method, model = _method_and_model("robal", **{"method.scale_in": "head"})
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    x_adv = (x - 0.05).clamp(0, 1)
+    model.train()
+    out = method.loss(model, x, x_adv, y)
     za, zc = model(x_adv), model(x)
-    expected = robal_loss(za, y, method.class_counts, logits_clean=zc, tau_b=1.5)
-    assert torch.allclose(out["loss"], expected, atol=1e-6)
+    assert za.abs().max() > 1.5  # s * cos
     no_kl = robal_loss(za, y, method.class_counts, tau_b=1.5)
     assert torch.allclose(out["loss"] - no_kl, 6.0 * trades_kl(zc, za), atol=1e-5)
 
@@ -230,8 +251,11 @@ def test_tau_p_adjusts_the_saved_model(tmp_path):
     plain = adjusted.model
     x = torch.rand(4, 1, 8, 8)
     counts = torch.tensor(rec["class_counts"], dtype=torch.float32)
+    # RoBal's PostProc classifier (models/classifiers/basic_classifiers.py): s * cos - tau_p * log prior
     with torch.no_grad():
-        diff = adjusted(x) - plain(x)
+        cos = plain(x)
+        diff = adjusted(x) - 10.0 * cos
+    assert cos.abs().max() <= 1 + 1e-6  # the trained head outputs cosines (scale_in loss)
     expected = -0.5 * (counts / counts.sum()).log()
     assert torch.allclose(diff, expected.expand_as(diff), atol=1e-5)
     assert diff[0, -1] > diff[0, 0]  # tail classes are favoured at inference

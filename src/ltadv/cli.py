@@ -30,6 +30,7 @@ FLAG_KEYS = {
     "eps": "attack.eps",
     "seed": "seed",
     "device": "train.device",
+    "protocol": "protocol",
 }
 
 
@@ -50,6 +51,9 @@ def _add_run_flags(p: argparse.ArgumentParser, multi_method: bool = False) -> No
     reg = _registries()
     g = p.add_argument_group("run configuration (any other field: --section.key VALUE)")
     g.add_argument("--config", metavar="FILE", help="YAML file with differences from the defaults")
+    g.add_argument("--protocol", metavar="NAME",
+                   help="start from a paper's exact recipe (`ltadv protocols` lists them); other flags override "
+                        "single fields and the run record lists those under protocol_differences")
     g.add_argument("--data", metavar="NAME", help=f"dataset: {', '.join(sorted(reg['data']))}")
     g.add_argument("--data-root", metavar="DIR", help="folder holding the local copy of the dataset")
     g.add_argument("--imbalance-ratio", metavar="R", type=float, help="IR = n_max / n_min (>= 1)")
@@ -248,6 +252,44 @@ def cmd_export(args, extra) -> int:
     return 0
 
 
+def cmd_protocols(args, extra) -> int:
+    from .config import protocol_names, protocol_spec
+
+    _reject_extra(extra)
+    if args.name is None:
+        for name in protocol_names():
+            spec = protocol_spec(name)
+            print(f"{name:18s} {spec['description']}; {spec['paper']}; code: {spec['repository']}")
+        print("\nuse: ltadv train --protocol NAME --data-root DIR [--out RUN_DIR]; `ltadv protocols NAME` shows one")
+        return 0
+    spec = protocol_spec(args.name)
+    for key in ("description", "paper", "repository", "source", "expect", "gpu_time", "differences"):
+        print(f"{key}: {spec[key]}")
+    print("config:")
+    print("  " + yaml.safe_dump(spec["config"], sort_keys=False).replace("\n", "\n  ").rstrip())
+    return 0
+
+
+def cmd_subset(args, extra) -> int:
+    from .data import build_data, write_subset_file
+
+    cfg = _config_from_args(args, extra)
+    out = Path(args.file)
+    if out.suffix != ".npz":
+        raise CLIError(f"the subset file must end in .npz, got {out}")
+    if out.exists() and not args.force:
+        raise CLIError(f"{out} already exists; pass --force to replace it")
+    data = build_data(cfg.data, cfg.seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.npz")
+    write_subset_file(tmp, data)
+    os.replace(tmp, out)
+    print(f"wrote {len(data.y_train)} training and {len(data.y_val)} validation indices of {cfg.data.name} to {out}")
+    print(f"class counts: {data.class_counts}")
+    print(f"train on exactly these images with --data.subset_file {out}")
+    return 0
+
+
 def cmd_report(args, extra) -> int:
     from .report import write_report
 
@@ -349,6 +391,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default=None)
     b.add_argument("--out", metavar="FILE.json", default="benchmarks/results.json")
     b.set_defaults(func=cmd_bench)
+    pr = sub.add_parser("protocols", help="list the reference protocols (each paper's exact recipe)",
+                        description="The reference protocols shipped with ltadv: each reproduces one paper's run "
+                                    "as its authors' code runs it. With NAME: its source, expected numbers, GPU "
+                                    "time, what still differs, and its settings.")
+    pr.add_argument("name", nargs="?", metavar="NAME")
+    pr.set_defaults(func=cmd_protocols)
+    sb = sub.add_parser("subset", help="write the long-tailed subset's image indices to an .npz file",
+                        description="Draw the long-tailed subset a run with these settings would train on and "
+                                    "write its indices (train_indices, val_indices: positions in the dataset's "
+                                    "training set, RobustLT's split-file format). Train from such a file with "
+                                    "--data.subset_file FILE.")
+    sb.add_argument("file", metavar="FILE.npz")
+    _add_run_flags(sb)
+    sb.set_defaults(func=cmd_subset)
     rp = sub.add_parser("report", help="tables and figures from every run record under a folder",
                         description="Read every result.json under RUNS_DIR (recursively), average runs that "
                                     "differ only in the seed (mean +- std), and write the method, cost and "

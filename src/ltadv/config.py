@@ -41,6 +41,14 @@ class Data:
     aug_groups: int = 16  # independent AutoAugment/RA/TA/AugMix draws per batch; 0: one per image
     sampler: str = "uniform"  # uniform (a seeded permutation) | balanced (class-balanced re-sampling)
     resample_start: float = 0.0  # balanced sampler: fraction of the epochs before it starts (0: whole run)
+    # Which images form the long-tailed subset (data/longtail.py). ltadv: numpy Generator(subset seed), the
+    # validation hold-out first; ldam: LDAM-DRW's loader as the AT-BSL / RoBal / REAT scripts run it
+    # (np.random.seed(subset seed), per-class np.random.shuffle in label order, counts by int()).
+    subset_draw: str = "ltadv"  # ltadv | ldam
+    subset_seed: int | None = None  # None: the training seed; several training seeds can share one subset
+    subset_file: str | None = None  # .npz with train_indices (and val_indices), as RobustLT's split files
+    subset_file_val: str = "val"  # val: the file's val_indices are the validation split | train: they train too
+    drop_last: bool = False  # drop each epoch's last incomplete batch (the LDAM-DRW/RoBal loader does)
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,7 @@ class Model:
     name: str = "resnet18"
     head: str = "linear"  # linear | cosine (RoBal)
     channels_last: str = "auto"  # auto: model on CUDA, attack view always | on | off
+    normalize: bool = True  # first layer (x - mean) / std; the AT-BSL / RoBal / TRADES models take raw [0, 1]
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,9 @@ class Method:
     la_tau: float = 1.0  # logit-adjusted loss temperature (Menon et al. 2021)
     cdt_gamma: float = 0.3  # CDT temperature exponent (RoBal config)
     reat_tail: float = 1.0  # REAT: weight of the tail-feature term
+    # RoBal: where the cosine scale s lives. loss (RoBal's code): the head outputs cos, s and the margin
+    # are applied inside the loss, so the attack and the TRADES KL see cos; head: the head outputs s * cos.
+    scale_in: str = "loss"  # loss | head
 
 
 @dataclass(frozen=True)
@@ -95,8 +107,14 @@ class Optim:
     weight_decay: float = 5e-4
     nesterov: bool = False
     batch_size: int = 128
-    milestones: tuple[float, ...] = (0.75, 0.9)  # fractions of the epochs where lr *= lr_decay
+    milestones: tuple[float, ...] = (0.75, 0.9)  # where lr *= lr_decay, in milestone_unit
     lr_decay: float = 0.1
+    # fraction: milestone m drops the rate from 1-based epoch m * epochs on (0.75 of 100: epoch 75, as
+    # the AT-BSL script's `epoch >= 75`); epoch: milestones are the authors' 1-based epoch numbers.
+    milestone_unit: str = "fraction"  # fraction | epoch
+    # step: lr * lr_decay^(milestones passed); compound: RoBal's adjust_learning_rate, which multiplies the
+    # CURRENT rate by lr_decay^(milestones passed) every epoch (so it keeps falling after a milestone).
+    lr_schedule: str = "step"  # step | compound
 
 
 @dataclass(frozen=True)
@@ -118,7 +136,10 @@ class Eval:
     batch_size: int = 512
     val_attack: str = "pgd20"  # robust accuracy tracked every epoch on the validation split
     val_n: int | None = None  # size of the fixed per-epoch evaluation subset; None: whole split
-    select_on: str = "val"  # val | test: where the best epoch is chosen (reference: test)
+    select_on: str = "val"  # val | test | last: where the best epoch is chosen (AT-BSL: test; RoBal: last)
+    select_from: int = 1  # 1-based epoch from which the selection split is evaluated (AT-BSL: 75); the
+    # epochs before it are not evaluated at all; the last epoch always is
+    select_ties: str = "first"  # first | last: which epoch wins a tie (REAT's `>=` keeps the later one)
     checkpoints: tuple[str, ...] = ("best", "last")
     head_frac: float = 1 / 3  # classes sorted by count: the first third is head,
     tail_frac: float = 1 / 3  # the last third tail, the rest medium
@@ -134,6 +155,7 @@ class Config:
     train: Train = field(default_factory=Train)
     eval: Eval = field(default_factory=Eval)
     seed: int = 0
+    protocol: str | None = None  # a reference protocol (ltadv/protocols/<name>.yaml) these settings start from
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -286,18 +308,80 @@ def method_preset(method_name: str) -> dict[str, Any]:
     return yaml.safe_load(res.read_text()) or {}
 
 
+PROTOCOL_META_KEYS = {"description", "paper", "repository", "source", "expect", "gpu_time", "differences"}
+
+
+def protocol_names() -> list[str]:
+    """The reference protocols shipped in the package (``ltadv/protocols/<name>.yaml``)."""
+    folder = resources.files("ltadv") / "protocols"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def protocol_spec(name: str) -> dict[str, Any]:
+    """``{"name", "description", "paper", "repository", ..., "config": {...}}`` of one protocol.
+
+    A protocol fixes everything the authors' run fixes (data counts and subset draw, model, optimiser,
+    schedule, training and evaluation attacks, selection rule, augmentation), read from their code.
+    """
+    res = resources.files("ltadv") / "protocols" / f"{name}.yaml"
+    if not name or "/" in name or not res.is_file():
+        raise ConfigError(f"unknown protocol {name!r}; choose one of: {', '.join(protocol_names())} "
+                          f"(`ltadv protocols` lists them)")
+    spec = yaml.safe_load(res.read_text()) or {}
+    meta = spec.get("protocol") or {}
+    return {"name": name, **{k: meta.get(k) for k in sorted(PROTOCOL_META_KEYS)}, "config": spec.get("config") or {}}
+
+
+def _protocol_raw(name: str | None) -> dict[str, Any]:
+    if name is None:
+        return {}
+    if not isinstance(name, str):
+        raise ConfigError(f"protocol: expected a protocol name, got {name!r}")
+    return {**protocol_spec(name)["config"], "protocol": name}
+
+
+def _resolve_raw(merged_user: dict[str, Any]) -> dict[str, Any]:
+    """defaults < dataset preset < method preset < protocol < the user's YAML and flags (``merged_user``)."""
+    proto = _protocol_raw(merged_user.get("protocol"))
+    chosen = _merge(proto, merged_user)
+    data_name = (chosen.get("data") or {}).get("name", Data.name)
+    method_name = (chosen.get("method") or {}).get("name", Method.name)
+    raw = _merge(_merge(to_dict(Config()), preset(str(data_name))), method_preset(str(method_name)))
+    return _merge(_merge(raw, proto), merged_user)
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Resolve a :class:`Config` from defaults, dataset preset, method preset, YAML file and dotted overrides."""
+    """Resolve a :class:`Config` from defaults, dataset preset, method preset, protocol, YAML file and
+    dotted overrides (later wins; ``protocol`` may be set in the YAML or as an override)."""
     user = read_yaml(path) if path else {}
     cli = dotted_to_nested(overrides or {})
     merged_user = _merge(user, cli)
-    data_name = (merged_user.get("data") or {}).get("name", Data.name)
-    method_name = (merged_user.get("method") or {}).get("name", Method.name)
-    raw = _merge(_merge(to_dict(Config()), preset(str(data_name))), method_preset(str(method_name)))
-    raw = _merge(raw, merged_user)
-    cfg = _build(Config, raw, "")
+    cfg = _build(Config, _resolve_raw(merged_user), "")
     validate(cfg)
     return cfg
+
+
+def protocol_differences(cfg: Config) -> dict[str, dict[str, Any]]:
+    """``{"optim.lr": {"protocol": 0.1, "run": 0.05}, ...}``: where a run departs from its protocol.
+
+    The protocol's own resolution (defaults, presets, protocol file) is compared field by field with the
+    run's config; fields a protocol leaves open (device, progress, ...) count only when the protocol sets them.
+    """
+    if cfg.protocol is None:
+        return {}
+    spec = protocol_spec(cfg.protocol)
+    ref = _build(Config, _resolve_raw({"protocol": cfg.protocol}), "")
+
+    def flat(d: dict, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    fixed = set(flat(spec["config"]))
+    mine, theirs = flat(cfg.to_dict()), flat(ref.to_dict())
+    return {k: {"protocol": theirs[k], "run": mine[k]} for k in sorted(mine)
+            if mine[k] != theirs[k] and k in fixed}
 
 
 def replace(cfg: Config, **dotted: Any) -> Config:
@@ -337,7 +421,6 @@ def validate(cfg: Config) -> None:
          f"train.amp must be auto, bf16, fp16 or off, got {cfg.train.amp!r}"),
         (cfg.optim.batch_size >= 1, f"optim.batch_size must be >= 1, got {cfg.optim.batch_size}"),
         (cfg.optim.lr > 0, f"optim.lr must be > 0, got {cfg.optim.lr}"),
-        (all(0 <= m <= 1 for m in cfg.optim.milestones), "optim.milestones are fractions of the epochs in [0, 1]"),
         (cfg.model.head in ("linear", "cosine"), f"model.head must be linear or cosine, got {cfg.model.head!r}"),
         (cfg.model.channels_last in ("auto", "on", "off"), "model.channels_last must be auto, on or off"),
         (cfg.method.tau_b >= 0, f"method.tau_b must be >= 0, got {cfg.method.tau_b}"),
@@ -345,8 +428,9 @@ def validate(cfg: Config) -> None:
         (cfg.method.s > 0, f"method.s must be > 0, got {cfg.method.s}"),
         (cfg.method.gamma >= 0, f"method.gamma must be >= 0, got {cfg.method.gamma}"),
         (cfg.method.tau_m >= 0, f"method.tau_m must be >= 0, got {cfg.method.tau_m}"),
-        (cfg.eval.select_on in ("val", "test"), f"eval.select_on must be val or test, got {cfg.eval.select_on!r}"),
-        (cfg.eval.select_on == "test" or cfg.data.val_per_class >= 1,
+        (cfg.eval.select_on in ("val", "test", "last"),
+         f"eval.select_on must be val, test or last, got {cfg.eval.select_on!r}"),
+        (cfg.eval.select_on != "val" or cfg.data.val_per_class >= 1 or cfg.data.subset_file is not None,
          "eval.select_on val needs a validation split: set data.val_per_class >= 1 (or eval.select_on test)"),
         (cfg.eval.n is None or cfg.eval.n >= 1, f"eval.n must be >= 1, got {cfg.eval.n}"),
         (cfg.eval.batch_size >= 1, f"eval.batch_size must be >= 1, got {cfg.eval.batch_size}"),
@@ -371,6 +455,32 @@ def validate(cfg: Config) -> None:
         (0 <= cfg.method.cb_beta < 1, f"method.cb_beta must be in [0, 1), got {cfg.method.cb_beta}"),
         (cfg.method.ldam_max_m >= 0 and cfg.method.ldam_s > 0, "method.ldam_max_m must be >= 0 and method.ldam_s > 0"),
         (cfg.method.cdt_gamma >= 0, f"method.cdt_gamma must be >= 0, got {cfg.method.cdt_gamma}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    _check_protocol_fields(cfg)
+
+
+def _check_protocol_fields(cfg: Config) -> None:
+    """Range checks of the fields the reference protocols use (subset draw, schedule, selection)."""
+    d, o, e = cfg.data, cfg.optim, cfg.eval
+    checks = [
+        (d.subset_draw in ("ltadv", "ldam"), f"data.subset_draw must be ltadv or ldam, got {d.subset_draw!r}"),
+        (d.subset_file_val in ("val", "train"),
+         f"data.subset_file_val must be val or train, got {d.subset_file_val!r}"),
+        (d.subset_seed is None or 0 <= d.subset_seed < 2**32,
+         f"data.subset_seed must be in [0, 2^32), got {d.subset_seed}"),
+        (o.milestone_unit in ("fraction", "epoch"),
+         f"optim.milestone_unit must be fraction or epoch, got {o.milestone_unit!r}"),
+        (o.milestone_unit == "epoch" or all(0 <= m <= 1 for m in o.milestones),
+         "optim.milestones are fractions of the epochs in [0, 1] (or set optim.milestone_unit epoch)"),
+        (o.milestone_unit == "fraction" or all(m >= 1 for m in o.milestones),
+         "optim.milestones are 1-based epoch numbers >= 1 with optim.milestone_unit epoch"),
+        (o.lr_schedule in ("step", "compound"), f"optim.lr_schedule must be step or compound, got {o.lr_schedule!r}"),
+        (e.select_from >= 1, f"eval.select_from must be >= 1 (a 1-based epoch), got {e.select_from}"),
+        (e.select_ties in ("first", "last"), f"eval.select_ties must be first or last, got {e.select_ties!r}"),
+        (cfg.method.scale_in in ("loss", "head"), f"method.scale_in must be loss or head, got {cfg.method.scale_in!r}"),
     ]
     for ok, message in checks:
         if not ok:

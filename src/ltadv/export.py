@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 from . import checkpoint as ckpt
 from .config import from_dict
-from .train import load_run_model, make_model
+from .train import inference_model, load_run_model, make_model
 
 FORMAT = "ltadv-weights-1"
 
@@ -45,7 +45,10 @@ def export_weights(run_dir: str | Path, which: str = "best", out: str | Path | N
         "model_meta": json.dumps(record["model_meta"]),
         "class_counts": json.dumps(record["class_counts"]),
     }
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    from .models import LogitAdjusted
+
+    bare = model.model if isinstance(model, LogitAdjusted) else model  # tau_p is re-applied from the config on load
+    state = {k: v.detach().contiguous().cpu() for k, v in bare.state_dict().items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
     os.close(fd)
@@ -72,7 +75,9 @@ def load_exported(path: str | Path, device=None):
         raise ckpt.CheckpointError(f"{path} is not an ltadv export (no '{FORMAT}' metadata); "
                                    f"load a run folder instead")
     cfg = from_dict(json.loads(meta["config"]))
-    model = make_model(cfg, json.loads(meta["model_meta"]))
+    model_meta = json.loads(meta["model_meta"])
+    model = make_model(cfg, model_meta)
     ckpt.load_weights(path, model)
+    model = inference_model(model, cfg, json.loads(meta["class_counts"]), model_meta["head"])  # as load_run_model
     return model.to(device or "cpu").eval(), {k: (v if k in ("format", "which") else json.loads(v))
                                                for k, v in meta.items()}

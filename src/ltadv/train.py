@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed, reproducibility
-from .config import Config, ConfigError, from_dict
-from .data import AUGMENTATIONS, DATASETS, LTData, build_data, build_pipeline
+from .config import Config, ConfigError, from_dict, protocol_differences
+from .data import AUGMENTATIONS, DATASETS, LTData, build_data, build_pipeline, write_subset_file
 from .data.sampler import epoch_order
 from .evaluate import (
     class_groups,
@@ -41,6 +41,7 @@ from .results import RESULT, git_commit, read_record, write_json_atomic
 
 CKPT_DIR = "checkpoints"
 EVAL_STATE = "eval_state"  # resumable attack state and per-sample flags, per checkpoint
+SUBSET_FILE = "subset.npz"  # the long-tailed subset's image indices (train_indices, val_indices)
 
 
 class RunDirError(ValueError):
@@ -79,10 +80,30 @@ def autocast_for(cfg: Config, device: torch.device):
     return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
 
 
+def milestones_passed(cfg: Config, epoch1: int) -> int:
+    """How many milestones 1-based epoch ``epoch1`` has reached, as the reference scripts count them.
+
+    AT-BSL (train_at_bsl_cifar10.py): ``if epoch >= 75: lr = 0.1 * lr`` with ``epoch`` 1-based, so a
+    milestone at 75 gives 74 epochs at the full rate. ``optim.milestone_unit epoch`` takes the numbers as
+    written there; ``fraction`` takes m * train.epochs (0.75 of 100 is that same epoch 75).
+    """
+    if cfg.optim.milestone_unit == "epoch":
+        return sum(epoch1 >= m for m in cfg.optim.milestones)
+    return sum(epoch1 >= m * cfg.train.epochs - 1e-9 for m in cfg.optim.milestones)
+
+
 def lr_at(cfg: Config, epoch: int) -> float:
-    """Step schedule: lr * lr_decay^(number of milestones passed); milestones are fractions of the epochs."""
-    passed = sum(epoch >= math.floor(m * cfg.train.epochs) for m in cfg.optim.milestones)
-    return cfg.optim.lr * cfg.optim.lr_decay**passed
+    """The learning rate of 0-based ``epoch`` (1-based ``epoch + 1`` in the authors' scripts).
+
+    ``step``: lr * lr_decay^(milestones passed). ``compound``: RoBal's ``adjust_learning_rate``
+    (wutong16/Adversarial_Long-Tail, train.py) multiplies the optimizer's CURRENT rate by
+    lr_decay^(milestones passed) at the start of every epoch, so after the first milestone the rate keeps
+    falling tenfold per epoch; computed here in closed form so a resumed run gets the same rate.
+    """
+    if cfg.optim.lr_schedule == "compound":
+        total = sum(milestones_passed(cfg, e) for e in range(1, epoch + 2))
+        return cfg.optim.lr * cfg.optim.lr_decay**total
+    return cfg.optim.lr * cfg.optim.lr_decay ** milestones_passed(cfg, epoch + 1)
 
 
 def memory_layouts(cfg: Config, device: torch.device) -> tuple[bool, bool]:
@@ -102,14 +123,36 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def model_meta(data: LTData, method_head: str) -> dict:
+def model_meta(data: LTData, method_head: str, normalize: bool = True) -> dict:
+    """What a saved model needs to be rebuilt. ``normalize`` false: the reference models' raw [0, 1] input
+    (the AT-BSL, RoBal, TRADES, MART and REAT networks have no normalisation layer), kept as mean 0, std 1."""
+    mean, std = (list(data.mean), list(data.std)) if normalize else ([0.0] * data.in_channels, [1.0] * data.in_channels)
     return {"num_classes": data.num_classes, "in_channels": data.in_channels, "image_size": data.image_size,
-            "head": method_head, "mean": list(data.mean), "std": list(data.std)}
+            "head": method_head, "mean": mean, "std": std}
+
+
+def head_scale(cfg: Config, head: str) -> float:
+    """The cosine head's output scale: 1 when RoBal applies s inside its loss (``method.scale_in loss``,
+    RoBal's CosPlus classifier with scale 1), else ``method.s``."""
+    if head == "cosine" and cfg.method.name == "robal" and cfg.method.scale_in == "loss":
+        return 1.0
+    return cfg.method.s
 
 
 def make_model(cfg: Config, meta: dict) -> Classifier:
     return build_model(cfg.model.name, meta["num_classes"], meta["in_channels"], meta["mean"], meta["std"],
-                       head=meta["head"], s=cfg.method.s, gamma=cfg.method.gamma)
+                       head=meta["head"], s=head_scale(cfg, meta["head"]), gamma=cfg.method.gamma)
+
+
+def inference_model(model, cfg: Config, class_counts, head: str):
+    """The model as it predicts and is attacked at test time: RoBal-N's post-hoc tau_p adjustment when set.
+
+    With ``method.scale_in loss`` the head outputs cos; RoBal's PostProc classifier (the N configs' eval)
+    multiplies by s before subtracting tau_p * log prior, so the wrapper does too. Without tau_p the
+    cosine is used as is, as RoBal-R's eval config (CosPlus, scale 1) does.
+    """
+    scale = cfg.method.s if head_scale(cfg, head) != cfg.method.s and cfg.method.tau_p else 1.0
+    return posthoc(model, class_counts, cfg.method.tau_p, scale=scale)
 
 
 def prepare_run_dir(out: Path, resume: bool, force: bool) -> None:
@@ -192,7 +235,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
 
     reproducibility.seed_everything(cfg.seed, dctx.rank)
     method = METHODS[cfg.method.name](cfg, data.class_counts)
-    meta = model_meta(data, method.head)
+    meta = model_meta(data, method.head, cfg.model.normalize)
     model = make_model(cfg, meta).to(device)
     channels_last, view_channels_last = memory_layouts(cfg, device)
     if channels_last:
@@ -208,8 +251,12 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     augment = build_pipeline(cfg.data.aug, cfg.data.crop_flip, data.num_classes, data.image_size,
                              groups=cfg.data.aug_groups)
 
-    # Selection split: the held-out validation set, or the test set when reproducing the reference.
+    # Selection split: the held-out validation set, or the test set when reproducing the reference
+    # (``last``: no per-epoch evaluation, the last epoch is the result, as RoBal, TRADES and MART report).
     x_sel, y_sel = (data.x_val, data.y_val) if cfg.eval.select_on == "val" else (data.x_test, data.y_test)
+    if cfg.eval.select_on == "val" and len(y_sel) == 0:
+        raise ckpt.CheckpointError("eval.select_on val, but the subset has no validation images "
+                                   "(set data.val_per_class, or eval.select_on test or last)")
     if cfg.eval.val_n is not None:
         x_sel, y_sel = x_sel[: cfg.eval.val_n], y_sel[: cfg.eval.val_n]
     eps_eval = cfg.attack.eps if cfg.eval.eps is None else cfg.eval.eps
@@ -227,7 +274,11 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
         "world_size": dctx.world_size,
         "epochs": [],
         "best_epoch": None,
-        "selection": {"split": cfg.eval.select_on, "n": int(len(y_sel)), "attack": cfg.eval.val_attack},
+        "selection": {"split": cfg.eval.select_on, "n": int(len(y_sel)) if cfg.eval.select_on != "last" else 0,
+                      "attack": cfg.eval.val_attack, "from_epoch": min(cfg.eval.select_from, cfg.train.epochs),
+                      "ties": cfg.eval.select_ties},
+        "protocol": cfg.protocol,
+        "protocol_differences": protocol_differences(cfg),
     }
     start_epoch, best_score = 0, -1.0
     if state is not None:
@@ -243,6 +294,8 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
         log(f"resuming {out} after epoch {start_epoch}")
     else:
         write_json_atomic(out / RESULT, record)  # the run's config is on disk from the start (--resume reads it)
+        if dctx.is_main and data.train_indices is not None:
+            write_subset_file(out / SUBSET_FILE, data)  # the exact images, reusable as data.subset_file
     loss_fwd = dctx.wrap(model, fwd, device, cfg.train.compile)  # DDP for the loss; attacks use the bare model
 
     # Cost accounting: model forward calls in the training phase (attack steps included); a hook on the
@@ -267,7 +320,9 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
         forward_calls[0] = 0
         model.train()
         total_loss, total_correct, seen = 0.0, 0, 0
-        bar = tqdm(range(0, len(order), bs), desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
+        # drop_last: the LDAM-DRW/RoBal DataLoader (drop_last=True) never trains on the last short batch
+        stop = len(order) - len(order) % bs if cfg.data.drop_last and len(order) >= bs else len(order)
+        bar = tqdm(range(0, stop, bs), desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
                    disable=None if cfg.train.progress and dctx.is_main else True)
         for i in bar:
             idx = order[i:i + bs]
@@ -292,10 +347,13 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
             torch.cuda.reset_peak_memory_stats(device)
 
         t1 = time.perf_counter()
-        flags = robust_flags(posthoc(model, data.class_counts, cfg.method.tau_p), x_sel, y_sel, [cfg.eval.val_attack],
-                             eps_eval, cfg.eval.batch_size)
-        val_clean = summarize(flags["clean"], y_sel, data.num_classes, groups)
-        val_robust = summarize(flags[cfg.eval.val_attack], y_sel, data.num_classes, groups)
+        if selects_at(cfg, epoch + 1):
+            flags = robust_flags(inference_model(model, cfg, data.class_counts, meta["head"]), x_sel, y_sel,
+                                 [cfg.eval.val_attack], eps_eval, cfg.eval.batch_size)
+            val_clean = summarize(flags["clean"], y_sel, data.num_classes, groups)
+            val_robust = summarize(flags[cfg.eval.val_attack], y_sel, data.num_classes, groups)
+        else:  # not evaluated (before eval.select_from, or selection is the last epoch)
+            val_clean = val_robust = {"overall": None, "balanced": None, "tail": None}
         eval_seconds = time.perf_counter() - t1
         rec = {
             "epoch": epoch + 1,
@@ -308,16 +366,16 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
             "peak_mem_mb": train_peak_mb,
             "eval_peak_mem_mb": peak_memory_mb(device),
             "forward_passes": None if cfg.train.compile else train_forwards,
-            "batches": math.ceil(len(order) / bs),  # this process's batches (re-sampling, DDP shards)
+            "batches": math.ceil(stop / bs),  # this process's batches (re-sampling, DDP shards, drop_last)
             "val_clean": val_clean["overall"],
             "val_robust": val_robust["overall"],
             "val_robust_balanced": val_robust["balanced"],
             "val_robust_tail": val_robust["tail"],
         }
         record["epochs"].append(rec)
-        # Best epoch: highest robust accuracy on the selection split (ties keep the earlier epoch).
-        if rec["val_robust"] > best_score:
-            best_score, record["best_epoch"] = rec["val_robust"], epoch + 1
+        if is_better(cfg, rec["val_robust"], best_score, epoch + 1):
+            best_score = rec["val_robust"] if rec["val_robust"] is not None else best_score
+            record["best_epoch"] = epoch + 1
             ckpt.save_weights(out / CKPT_DIR / "best.safetensors", model)
         ckpt.save_weights(out / CKPT_DIR / "last.safetensors", model)
         ckpt.save_state(out / CKPT_DIR / "last.pt", {
@@ -334,8 +392,10 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
             "method_state": method.state_dict(),
         })
         write_json_atomic(out / RESULT, record)
-        log(f"epoch {epoch + 1:3d}/{cfg.train.epochs}  loss {rec['train_loss']:.4f}  "
-            f"val clean {rec['val_clean']:.3f}  val {cfg.eval.val_attack} {rec['val_robust']:.3f}  "
+        split = "val" if cfg.eval.select_on == "val" else "test"
+        scores = (f"{split} clean {rec['val_clean']:.3f}  {split} {cfg.eval.val_attack} {rec['val_robust']:.3f}  "
+                  if rec["val_robust"] is not None else "")
+        log(f"epoch {epoch + 1:3d}/{cfg.train.epochs}  lr {rec['lr']:.4g}  loss {rec['train_loss']:.4f}  {scores}"
             f"{train_seconds:.1f}s + {eval_seconds:.1f}s")
 
     record["status"] = "trained"
@@ -343,6 +403,29 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     if not dctx.is_main:  # rank 0 evaluates on the test split; the others are done
         return record
     return evaluate_run(out, cfg.eval.attacks, checkpoints=cfg.eval.checkpoints, data=data, log=log)
+
+
+def selects_at(cfg: Config, epoch1: int) -> bool:
+    """Whether 1-based epoch ``epoch1`` is evaluated on the selection split.
+
+    From ``eval.select_from`` on (AT-BSL: ``if epoch >= 75`` in train_at_bsl_cifar10.py; the earlier
+    epochs cost nothing), and always the last epoch, so a shortened run still has a best checkpoint.
+    ``select_on last`` evaluates none.
+    """
+    if cfg.eval.select_on == "last":
+        return False
+    return epoch1 >= min(cfg.eval.select_from, cfg.train.epochs)
+
+
+def is_better(cfg: Config, score: float | None, best: float, epoch1: int) -> bool:
+    """Best-epoch rule: the highest robust accuracy on the selection split; ``select_ties first`` keeps the
+    earlier epoch (AT-BSL's ``rob > best_rob``), ``last`` the later (REAT's ``>= best_eval_acc``);
+    ``select_on last``: every epoch replaces the previous one."""
+    if cfg.eval.select_on == "last":
+        return True
+    if score is None:
+        return False
+    return score > best or (cfg.eval.select_ties == "last" and score == best)
 
 
 def train_step(model, loss_fwd, attack_model, method, opt, x, target, autocast, scaler) -> dict:
@@ -382,7 +465,7 @@ def load_run_model(run_dir: str | Path, which: str = "best", device=None) -> tup
     cfg = from_dict(record["config"])
     model = make_model(cfg, record["model_meta"])
     ckpt.load_weights(run_dir / CKPT_DIR / f"{which}.safetensors", model)
-    model = posthoc(model, record["class_counts"], cfg.method.tau_p)  # RoBal-N's inference-time adjustment
+    model = inference_model(model, cfg, record["class_counts"], record["model_meta"]["head"])  # RoBal-N's tau_p
     model = model.to(device or "cpu").eval()
     return model, record
 

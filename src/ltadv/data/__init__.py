@@ -10,7 +10,7 @@ import torch
 from ..config import Data
 from ..registry import lookup
 from .augment import AUGMENTATIONS, build_pipeline
-from .longtail import long_tail_counts, split_indices
+from .longtail import ldam_counts, ldam_indices, long_tail_counts, split_indices
 from .readers import READERS, STATS, DataError
 
 DATASETS = READERS
@@ -24,6 +24,8 @@ __all__ = [
     "build_pipeline",
     "load_split",
     "long_tail_counts",
+    "read_subset_file",
+    "write_subset_file",
 ]
 
 
@@ -44,6 +46,8 @@ class LTData:
     class_counts: list[int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    train_indices: np.ndarray | None = None  # positions of x_train / x_val in the dataset's training array
+    val_indices: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
@@ -64,27 +68,48 @@ def _read(name: str, root: str | None):
 
 
 def build_data(cfg: Data, seed: int) -> LTData:
-    """Read the dataset and draw the long-tailed subset fixed by (dataset, profile, IR, n_max, seed)."""
+    """Read the dataset and draw the long-tailed subset fixed by (dataset, profile, IR, n_max, subset seed).
+
+    The subset seed is ``data.subset_seed`` when set, else the training ``seed``. ``data.subset_draw``
+    picks ltadv's draw or LDAM-DRW's (the AT-BSL / RoBal / REAT loaders); ``data.subset_file`` reads the
+    indices from a split file instead (``train_indices`` / ``val_indices``, the format of RobustLT's
+    ``core/data/split/*.npz`` and of the ``subset.npz`` every ltadv run writes).
+    """
     xtr, ytr, xte, yte = _read(cfg.name, cfg.root)
     available = int(ytr.max()) + 1
     num_classes = cfg.num_classes or available
     if num_classes > available:
         raise DataError(f"data.num_classes is {num_classes} but {cfg.name} has only {available} classes")
-    keep = ytr < num_classes
-    xtr, ytr = xtr[keep], ytr[keep]
+    orig = np.flatnonzero(ytr < num_classes)  # positions in the dataset's own training array
+    xtr, ytr = xtr[orig], ytr[orig]
     keep = yte < num_classes
     xte, yte = xte[keep], yte[keep]
-    per_class = np.bincount(ytr, minlength=num_classes)
-    room = int(per_class.min()) - cfg.val_per_class
-    if room < 1:
-        raise DataError(f"data.val_per_class={cfg.val_per_class} leaves no training images "
-                        f"(smallest class has {int(per_class.min())})")
-    n_max = cfg.n_max or room
-    if n_max > room:
-        raise DataError(f"data.n_max={n_max} is more than the {room} images per class left after the "
-                        f"validation hold-out")
-    counts = long_tail_counts(n_max, num_classes, cfg.imbalance_ratio, cfg.profile)
-    train_idx, val_idx = split_indices(ytr, counts, cfg.val_per_class, seed)
+    subset_seed = seed if cfg.subset_seed is None else cfg.subset_seed
+    if cfg.subset_file is not None:
+        train_idx, val_idx = read_subset_file(cfg.subset_file, orig, ytr, num_classes)
+        if cfg.subset_file_val == "train":  # RobustLT's validation=False: its held-out images train too
+            train_idx, val_idx = np.concatenate([train_idx, val_idx]), val_idx[:0]
+        counts = np.bincount(ytr[train_idx], minlength=num_classes).tolist()
+    else:
+        per_class = np.bincount(ytr, minlength=num_classes)
+        room = int(per_class.min()) - cfg.val_per_class
+        if room < 1:
+            raise DataError(f"data.val_per_class={cfg.val_per_class} leaves no training images "
+                            f"(smallest class has {int(per_class.min())})")
+        n_max = cfg.n_max or room
+        if n_max > room:
+            raise DataError(f"data.n_max={n_max} is more than the {room} images per class left after the "
+                            f"validation hold-out")
+        if cfg.subset_draw == "ldam":
+            # LDAM-DRW's img_max = len(data) / cls_num: the class size on CIFAR and Tiny-ImageNet (balanced)
+            counts = ldam_counts(n_max, num_classes, cfg.imbalance_ratio, cfg.profile)
+            try:
+                train_idx, val_idx = ldam_indices(ytr, counts, cfg.val_per_class, subset_seed)
+            except ValueError as e:
+                raise DataError(f"data.subset_draw ldam: {e}") from None
+        else:
+            counts = long_tail_counts(n_max, num_classes, cfg.imbalance_ratio, cfg.profile)
+            train_idx, val_idx = split_indices(ytr, counts, cfg.val_per_class, subset_seed)
     mean, std = STATS[cfg.name]
     return LTData(
         name=cfg.name,
@@ -94,10 +119,68 @@ def build_data(cfg: Data, seed: int) -> LTData:
         y_val=torch.from_numpy(ytr[val_idx]),
         x_test=torch.from_numpy(np.ascontiguousarray(xte)),
         y_test=torch.from_numpy(yte),
-        class_counts=counts,
+        class_counts=[int(c) for c in counts],
         mean=mean,
         std=std,
+        train_indices=orig[train_idx],
+        val_indices=orig[val_idx],
     )
+
+
+SUBSET_FILE_KEYS = ("train_indices", "val_indices")
+
+
+def write_subset_file(path, data: LTData) -> None:
+    """The subset's positions in the dataset's training array, as ``train_indices`` / ``val_indices``
+    (RobustLT's split-file keys), so another run or tool can train on exactly these images."""
+    np.savez(path, train_indices=np.asarray(data.train_indices, dtype=np.int64),
+             val_indices=np.asarray(data.val_indices, dtype=np.int64))
+
+
+def read_subset_file(path: str, orig: np.ndarray, labels: np.ndarray,
+                     num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train_idx, val_idx) as positions into ``labels`` (the kept classes) from a split file.
+
+    ``.npz`` with ``train_indices`` and optionally ``val_indices`` (RobustLT, ltadv), or ``.npy`` with
+    the training indices alone; indices are positions in the dataset's own training array.
+    """
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"data.subset_file {p} not found")
+    try:
+        with np.load(p, allow_pickle=False) as f:
+            if isinstance(f, np.ndarray):
+                parts = {"train_indices": f}
+            else:
+                if "train_indices" not in f.files:
+                    raise DataError(f"data.subset_file {p} has no 'train_indices' array (has: {', '.join(f.files)})")
+                parts = {k: f[k] for k in SUBSET_FILE_KEYS if k in f.files}
+    except DataError:
+        raise
+    except (OSError, ValueError) as e:
+        raise DataError(f"data.subset_file {p} is not a numpy .npz/.npy file: {e}") from None
+    lookup_pos = np.full(int(orig.max()) + 1 if len(orig) else 0, -1, dtype=np.int64)
+    lookup_pos[orig] = np.arange(len(orig))
+    out = []
+    for key in SUBSET_FILE_KEYS:
+        raw = parts.get(key, np.zeros(0, dtype=np.int64))
+        if raw.ndim != 1 or (raw.size and not np.issubdtype(raw.dtype, np.integer)
+                             and not np.all(np.mod(raw, 1) == 0)):
+            raise DataError(f"data.subset_file {p}: {key} must be a 1-D array of integer indices")
+        idx = raw.astype(np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(lookup_pos) or (lookup_pos[idx] < 0).any()):
+            raise DataError(f"data.subset_file {p}: {key} holds indices outside the dataset's training images "
+                            f"of classes 0..{num_classes - 1}")
+        if len(np.unique(idx)) != len(idx):
+            raise DataError(f"data.subset_file {p}: {key} repeats an index")
+        out.append(lookup_pos[idx])
+    if np.intersect1d(out[0], out[1]).size:
+        raise DataError(f"data.subset_file {p}: train_indices and val_indices overlap")
+    if len(out[0]) == 0 or len(np.unique(labels[out[0]])) < num_classes:
+        raise DataError(f"data.subset_file {p}: train_indices must hold at least one image of every class")
+    return out[0], out[1]
 
 
 def load_split(

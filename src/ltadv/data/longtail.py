@@ -4,6 +4,12 @@ Exponential profile as in Cui et al., "Class-Balanced Loss Based on Effective Nu
 (CVPR 2019, arXiv 1901.05555) and the AT-BSL / RoBal scripts: n_i = floor(n_max * (1/IR)^(i/(C-1))).
 Step profile as in LDAM (Cao et al., NeurIPS 2019, arXiv 1906.07413): the first C // 2 classes keep
 n_max images, the rest n_max / IR.
+
+Two draws of the images: ltadv's own (:func:`split_indices`: a numpy Generator per subset seed, the
+validation hold-out taken first) and LDAM-DRW's (:func:`ldam_indices`), the loader that the AT-BSL,
+RoBal and REAT scripts all use (kaidic/LDAM-DRW imbalance_cifar.py; NISPLab/AT-BSL datasets/datasets.py):
+the legacy global numpy generator seeded with 0, then per class in label order np.random.shuffle of
+that class's indices and the first n_c of them.
 """
 
 from __future__ import annotations
@@ -59,4 +65,46 @@ def split_indices(
         if n > len(rest):
             raise ValueError(f"class {c} has {len(rest)} images after the validation hold-out, {n} requested")
         train.append(np.sort(rest[:n]))
+    return np.concatenate(train), np.concatenate(val)
+
+
+def ldam_counts(n_max: float, num_classes: int, imbalance_ratio: float, profile: str = "exp") -> list[int]:
+    """Images per class exactly as LDAM-DRW's ``get_img_num_per_cls`` computes them (int() of a float).
+
+    ``n_max`` is their ``img_max = len(data) / cls_num``; their ``imb_factor`` is 1 / IR (0.02 for IR 50:
+    the same double, as IEEE division rounds correctly). Step: C // 2 classes of int(n_max), then
+    int(n_max * imb_factor) for the rest.
+    """
+    imb_factor = 1 / imbalance_ratio
+    if profile == "exp":
+        if num_classes == 1:
+            return [int(n_max)]
+        return [max(1, int(n_max * imb_factor ** (i / (num_classes - 1.0)))) for i in range(num_classes)]
+    if profile == "step":
+        n_head = num_classes // 2
+        return [int(n_max)] * n_head + [max(1, int(n_max * imb_factor))] * (num_classes - n_head)
+    raise ValueError(f"unknown long-tail profile {profile!r}; choose exp or step")
+
+
+def ldam_indices(labels: np.ndarray, counts: list[int], val_per_class: int,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(train_idx, val_idx) drawn as LDAM-DRW's ``gen_imbalanced_data`` draws the long-tailed subset.
+
+    ``np.random.seed(seed)`` then, for each class in label order, ``idx = np.where(labels == c)[0];
+    np.random.shuffle(idx); idx[:n_c]``. A private ``RandomState`` is the same legacy Mersenne-Twister
+    stream as the global one (``np.random.shuffle`` is a method of the global RandomState) without
+    touching the caller's global state. The training images and their order are the authors'; a
+    validation hold-out, when asked for, comes from the images after them (the authors have none).
+    """
+    rng = np.random.RandomState(seed)
+    train, val = [], []
+    for c in np.unique(labels):
+        idx = np.where(labels == c)[0]
+        rng.shuffle(idx)
+        n = counts[int(c)]
+        if n + val_per_class > len(idx):
+            raise ValueError(f"class {int(c)} has {len(idx)} images, {n} requested for training and "
+                             f"{val_per_class} for validation")
+        train.append(idx[:n])
+        val.append(idx[n:n + val_per_class])
     return np.concatenate(train), np.concatenate(val)

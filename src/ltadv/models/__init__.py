@@ -43,32 +43,35 @@ class Classifier(nn.Module):
 
 
 class LogitAdjusted(nn.Module):
-    """Inference-time boundary adjustment z - tau_p * log prior (RoBal-N: Wu et al., "Adversarial Robustness
-    under Long-Tailed Distribution", CVPR 2021, arXiv 2104.02703; post-hoc logit adjustment: Menon et al.,
-    "Long-tail learning via logit adjustment", ICLR 2021, arXiv 2007.07314). Wraps a trained model so that
-    predictions and every attack see the adjusted logits; the weights stay the wrapped model's.
+    """Inference-time boundary adjustment scale * z - tau_p * log prior (RoBal-N: Wu et al., "Adversarial
+    Robustness under Long-Tailed Distribution", CVPR 2021, arXiv 2104.02703; post-hoc logit adjustment:
+    Menon et al., "Long-tail learning via logit adjustment", ICLR 2021, arXiv 2007.07314). Wraps a trained
+    model so that predictions and every attack see the adjusted logits; the weights stay the wrapped
+    model's. ``scale`` is RoBal's PostProc scale s for a head that outputs plain cosines (1 otherwise).
     """
 
-    def __init__(self, model: nn.Module, class_counts: Sequence[int], tau_p: float):
+    def __init__(self, model: nn.Module, class_counts: Sequence[int], tau_p: float, scale: float = 1.0):
         super().__init__()
         self.model = model
         counts = torch.as_tensor(list(class_counts), dtype=torch.float32)
         self.register_buffer("bias", -tau_p * (counts / counts.sum()).log())
         self.tau_p = tau_p
+        self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) + self.bias.to(x.device)
+        z = self.model(x)
+        return (z * self.scale if self.scale != 1.0 else z) + self.bias.to(x.device)
 
     def extra_repr(self) -> str:
-        return f"tau_p={self.tau_p}"
+        return f"tau_p={self.tau_p}" + (f", scale={self.scale}" if self.scale != 1.0 else "")
 
 
-def posthoc(model: nn.Module, class_counts: Sequence[int], tau_p: float) -> nn.Module:
+def posthoc(model: nn.Module, class_counts: Sequence[int], tau_p: float, scale: float = 1.0) -> nn.Module:
     """``model`` itself when tau_p == 0, else :class:`LogitAdjusted` around it (on the model's device)."""
     if tau_p == 0:
         return model
     device = next(model.parameters()).device
-    return LogitAdjusted(model, class_counts, tau_p).to(device)
+    return LogitAdjusted(model, class_counts, tau_p, scale).to(device)
 
 
 def build_model(
