@@ -70,9 +70,12 @@ def test_class_balanced_and_inverse_weights_for_known_counts():
     assert effective_number_weights([100, 10], 0.0).tolist() == pytest.approx([1.0, 1.0])
     assert inverse_frequency_weights([100, 10]).tolist() == pytest.approx([2 / 11, 20 / 11], rel=1e-6)
     z, y = _batch()
+    y = torch.tensor([0, 0, 0, 1, 2, 2])  # unequal classes in the batch: sum(w_y) != N
     wt = effective_number_weights(COUNTS, 0.99)
     per = F.cross_entropy(z, y, reduction="none")
-    assert torch.allclose(weighted_cross_entropy(z, y, wt), (per * wt[y]).mean())
+    # F.cross_entropy(weight=w) as in LDAM-DRW / RoBal: sum(w_y l) / sum(w_y), not mean(w_y l)
+    assert torch.allclose(weighted_cross_entropy(z, y, wt), (per * wt[y]).sum() / wt[y].sum())
+    assert not torch.allclose(weighted_cross_entropy(z, y, wt), (per * wt[y]).mean())
 
 
 def test_logit_adjustment_equals_bsl():
@@ -159,9 +162,10 @@ def test_uniform_and_deferred_orders():
 # --- REAT -------------------------------------------------------------------------------------------------
 
 def test_reat_rbl_weights_and_tail_term():
-    # n = [4, 2], a = [4, 2]: beta = [0.75, 0.5], E = [(1 - 0.75^4) / 0.25, (1 - 0.5^2) / 0.5]
+    # n = [4, 2], a = [4, 2]: beta = [0.75, 0.5], E = [(1 - 0.75^4) / 0.25, (1 - 0.5^2) / 0.5];
+    # GuanlinLee/REAT loss_functions.py RBL: w = 1 / (E + 1e-5), normalised to sum C
     e = [(1 - 0.75**4) / 0.25, 1.5]
-    w = [1 / e[0], 1 / e[1]]
+    w = [1 / (e[0] + 1e-5), 1 / (e[1] + 1e-5)]
     assert rbl_weights([4, 2], [4, 2]).tolist() == pytest.approx([2 * v / sum(w) for v in w], rel=1e-6)
     f = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [2.0, 1.0]])
     y = torch.tensor([0, 1, 1, 0])
@@ -170,12 +174,12 @@ def test_reat_rbl_weights_and_tail_term():
     p = F.softmax(f, 1)
     total = 0.0
     anchors = [i for i in range(4) if y[i] == 1]
+    n, d = f.shape
     for i in anchors:
-        row = 0.0
-        for j in range(4):
-            kl = float((p[i] * (p[i].log() - p[j].log())).sum())
-            row += (-1 if y[i] == y[j] else 1) * (pw[y[i]] + pw[y[j]]) * kl
-        total += row / 4
+        # KLDivLoss(size_average='none') = mean over the N x D elements: a scalar, then the pair weights
+        k = sum(float((p[i] * (p[i].log() - p[j].log())).sum()) for j in range(4)) / (n * d)
+        c = sum((-1 if y[i] == y[j] else 1) * (pw[y[i]] + pw[y[j]]) for j in range(4)) / n
+        total += k * c
     assert tail_feature_loss(f, y, counts, [1]).item() == pytest.approx(total / len(anchors), rel=1e-5)
     assert tail_feature_loss(f, torch.tensor([0, 0, 0, 0]), counts, [1]).item() == 0.0
 

@@ -74,7 +74,8 @@ class Method:
     trades: bool = True
     tau_p: float = 0.0  # post-hoc logit adjustment at inference (RoBal-N uses 0.1)
     # Long-tail baselines (methods/outer.py, losses_lt.py): the outer loss of at / at_bsl / trades.
-    outer_loss: str = "auto"  # auto (the method's own) | ce | bsl | focal | cb | ldam | la | cdt
+    # auto (the method's own) | ce | bsl | focal | cb | ldam | la | cdt | focal_sigmoid | cb_focal_sigmoid
+    outer_loss: str = "auto"
     reweight: str = "none"  # none | inverse | effective: per-class sample weights in the outer loss
     drw_start: float = 0.0  # re-weighting starts at this fraction of the epochs (LDAM-DRW: 0.8)
     focal_gamma: float = 2.0  # focal loss (Lin et al. 2017; RoBal config)
@@ -441,8 +442,10 @@ def validate(cfg: Config) -> None:
         (cfg.data.sampler in ("uniform", "balanced"),
          f"data.sampler must be uniform or balanced, got {cfg.data.sampler!r}"),
         (0 <= cfg.data.resample_start < 1, f"data.resample_start must be in [0, 1), got {cfg.data.resample_start}"),
-        (cfg.method.outer_loss in ("auto", "ce", "bsl", "focal", "cb", "ldam", "la", "cdt"),
-         f"method.outer_loss must be auto, ce, bsl, focal, cb, ldam, la or cdt, got {cfg.method.outer_loss!r}"),
+        (cfg.method.outer_loss in ("auto", "ce", "bsl", "focal", "cb", "ldam", "la", "cdt", "focal_sigmoid",
+                                   "cb_focal_sigmoid"),
+         "method.outer_loss must be auto, ce, bsl, focal, cb, ldam, la, cdt, focal_sigmoid or cb_focal_sigmoid, "
+         f"got {cfg.method.outer_loss!r}"),
         ((cfg.method.outer_loss == "auto" and cfg.method.reweight == "none")
          or cfg.method.name not in ("mart", "robal", "reat"),
          f"method.outer_loss and method.reweight apply to AT-style methods and trades, not {cfg.method.name!r}"),
@@ -460,6 +463,7 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise ConfigError(message)
     _check_protocol_fields(cfg)
+    _check_outer_losses(cfg)
 
 
 def _check_protocol_fields(cfg: Config) -> None:
@@ -485,3 +489,10 @@ def _check_protocol_fields(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def _check_outer_losses(cfg: Config) -> None:
+    """The class-balanced sigmoid focal loss carries its own weights, as ``cb`` does."""
+    if cfg.method.reweight != "none" and cfg.method.outer_loss == "cb_focal_sigmoid":
+        raise ConfigError("method.outer_loss cb_focal_sigmoid already weights by effective numbers: "
+                          "leave method.reweight none")
