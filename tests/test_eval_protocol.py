@@ -91,9 +91,9 @@ def authors_mim(model, x, y, eps, step, steps, start, decay=1.0):
     return x_pgd
 
 
-def seeded(seed, fn):
+def seeded(seed, fn, *args, **kwargs):
     torch.manual_seed(seed)
-    return fn()
+    return fn(*args, **kwargs)
 
 
 # --- FGSM -----------------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ def test_unclamped_start_takes_the_first_gradient_outside_the_box():
     model, (x, y) = tiny(), images()
     u = seeded(5, lambda: torch.empty_like(x).uniform_(-EPS, EPS))
     for clamp in (False, True):
-        ours = seeded(5, lambda: pgd(model, x, y, EPS, 2 / 255, 1, random_start="uniform", clamp_start=clamp))
+        ours = seeded(5, pgd, model, x, y, EPS, 2 / 255, 1, random_start="uniform", clamp_start=clamp)
         start = (x + u).clamp(0, 1) if clamp else x + u
         assert torch.allclose(ours, authors_pgd(model, x, y, EPS, 2 / 255, 1, start), atol=1e-7)
     a = seeded(5, lambda: pgd(model, x, y, EPS, 2 / 255, 1, random_start="uniform", clamp_start=False))
@@ -175,8 +175,8 @@ def test_default_settings_and_default_config_change_nothing():
     model, (x, y) = tiny(), images()
     cfg_eval = load_config().eval
     for name in ("fgsm", "pgd20", "cw", "lsa", "mim"):
-        a = seeded(17, lambda: ATTACKS[name](model, x, y, EPS))
-        b = seeded(17, lambda: ATTACKS[name](model, x, y, EPS, settings=AttackSettings.of(cfg_eval)))
+        a = seeded(17, ATTACKS[name], model, x, y, EPS)
+        b = seeded(17, ATTACKS[name], model, x, y, EPS, settings=AttackSettings.of(cfg_eval))
         assert torch.equal(a, b), name
     # the documented SPEC section 5 PGD-20: step eps/4, a clipped uniform start
     a = seeded(19, lambda: ATTACKS["pgd20"](model, x, y, EPS))
