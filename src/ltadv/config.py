@@ -144,6 +144,15 @@ class Eval:
     checkpoints: tuple[str, ...] = ("best", "last")
     head_frac: float = 1 / 3  # classes sorted by count: the first third is head,
     tail_frac: float = 1 / 3  # the last third tail, the rest medium
+    # Details of the test attacks (and val_attack) where an author's test script differs from SPEC
+    # section 5; the defaults are section 5. Starts: zero (x) | uniform (x + U(-eps, eps)) |
+    # normal (x + 0.001 N(0, 1)) | uniform_plus (x + U[0, eps)).
+    alpha: float | None = None  # step of pgd20, cw, lsa, mim; None: eps / 4 (2/255 at 8/255)
+    fgsm_init: str = "zero"  # fgsm start (AT-BSL eval.py: normal); its one step is eps
+    pgd_init: str = "uniform"  # start of pgd20, cw, lsa
+    mim_init: str = "zero"  # mim start (RoBal: uniform)
+    clamp_start: bool = True  # project the start onto the ball and [0, 1] before the first gradient (authors: no)
+    attack_misclassified: bool = False  # attack every point; robust = correct under attack (authors' scripts)
 
 
 @dataclass(frozen=True)
@@ -464,6 +473,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(message)
     _check_protocol_fields(cfg)
     _check_outer_losses(cfg)
+    _check_eval_protocol(cfg)
 
 
 def _check_protocol_fields(cfg: Config) -> None:
@@ -496,3 +506,14 @@ def _check_outer_losses(cfg: Config) -> None:
     if cfg.method.reweight != "none" and cfg.method.outer_loss == "cb_focal_sigmoid":
         raise ConfigError("method.outer_loss cb_focal_sigmoid already weights by effective numbers: "
                           "leave method.reweight none")
+
+
+def _check_eval_protocol(cfg: Config) -> None:
+    """Range checks of the test-attack details (``eval.alpha``, the starts)."""
+    e = cfg.eval
+    if e.alpha is not None and not e.alpha > 0:
+        raise ConfigError(f"eval.alpha must be > 0 (or null: eps / 4), got {e.alpha}")
+    starts = ("zero", "uniform", "normal", "uniform_plus")
+    for name in ("fgsm_init", "pgd_init", "mim_init"):
+        if getattr(e, name) not in starts:
+            raise ConfigError(f"eval.{name} must be {', '.join(starts[:-1])} or {starts[-1]}, got {getattr(e, name)!r}")

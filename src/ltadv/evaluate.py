@@ -1,13 +1,16 @@
 """Evaluation: per-sample robust flags per attack, and every metric derived from the flags.
 
 A point counts as robust to an attack only if it is classified correctly both clean and under the
-attack; points misclassified clean are not attacked (STYLE principle 10). Metrics: overall, per
+attack; points misclassified clean are not attacked (STYLE principle 10), unless the run's
+``eval.attack_misclassified`` reproduces the AT-BSL and RoBal test scripts, which attack every point
+and count a point robust when its adversarial image is classified correctly. Metrics: overall, per
 class, balanced (mean of per-class), worst class, and head / medium / tail groups of classes
 (classes sorted by training count; first ``head_frac`` head, last ``tail_frac`` tail).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Sequence
@@ -16,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .attacks import ATTACKS
+from .attacks import ATTACKS, AttackSettings
 from .fast import eval_view
 from .registry import lookup
 
@@ -86,8 +89,17 @@ def robust_flags(
     state_dir: str | Path | None = None,
     details: dict | None = None,
     fast: bool = True,
+    settings=None,
 ) -> dict[str, torch.Tensor]:
     """{attack: bool flags (N,)}; "clean" is always computed first (correctness).
+
+    ``settings`` is the run's ``cfg.eval`` (any object with those attribute names; ``None``: the
+    defaults of SPEC section 5): ``alpha``, ``fgsm_init``, ``pgd_init``, ``mim_init`` and
+    ``clamp_start`` go to the attacks that take them (:class:`ltadv.attacks.AttackSettings`);
+    ``attack_misclassified`` attacks every point and flags a point robust when the attack leaves it
+    classified correctly, clean-misclassified or not (the AT-BSL and RoBal scripts). Cascades
+    (``aa``, ``aa_apgd``) attack only clean-correct points either way, as the official AutoAttack
+    and ``torchattacks`` do, which leave a misclassified point as it is.
 
     With ``fast`` (default) predictions and attacks run on a BN-folded channels_last eval view of the
     model (:mod:`ltadv.fast`): the same function up to float rounding, ~1.5x faster on CPU.
@@ -97,6 +109,8 @@ def robust_flags(
     ``{attack: {"seconds": ..., "stages": {...}}}`` (stages: robust accuracy after each sub-attack).
     """
     device = next(model.parameters()).device
+    opts = AttackSettings.of(settings)
+    attack_all = bool(getattr(settings, "attack_misclassified", False))
     was_training = model.training
     model.eval()
     live = model
@@ -117,15 +131,16 @@ def robust_flags(
                 if details is not None:
                     details[name] = {"seconds": res["seconds"], "stages": res["stages"]}
                 continue
-            robust = correct.clone()
-            idx_all = torch.nonzero(correct).flatten()
+            robust = torch.zeros_like(correct) if attack_all else correct.clone()
+            idx_all = torch.arange(len(correct)) if attack_all else torch.nonzero(correct).flatten()
+            kwargs = {"settings": opts} if "settings" in inspect.signature(attack).parameters else {}
             bar = tqdm(list(_batches(len(idx_all), batch_size)), desc=name, disable=None if progress else True,
                        leave=False)  # None: off when not a terminal
             for s in bar:
                 idx = idx_all[s]
                 xb = to_float(x[idx], device)
                 yb = y[idx].to(device)
-                x_adv = attack(model, xb, yb, eps)
+                x_adv = attack(model, xb, yb, eps, **kwargs)
                 with torch.no_grad():
                     robust[idx] = (model(x_adv).argmax(1) == yb).cpu()
             flags[name] = robust
@@ -150,15 +165,16 @@ def evaluate(
     state_dir: str | Path | None = None,
     flags_out: dict | None = None,
     seconds_out: dict | None = None,
+    settings=None,
 ) -> dict[str, dict]:
     """{attack: summary} for every attack in ``attacks`` (``clean`` included when named).
 
     Cascade summaries also hold ``stages`` (robust accuracy after each sub-attack); ``flags_out``
     and ``seconds_out``, when given, receive the per-sample flags and each attack's seconds (kept out
-    of the summaries so that the metrics of a run are reproducible).
+    of the summaries so that the metrics of a run are reproducible). ``settings``: see :func:`robust_flags`.
     """
     details: dict = {}
-    flags = robust_flags(model, x, y, attacks, eps, batch_size, progress, state_dir, details)
+    flags = robust_flags(model, x, y, attacks, eps, batch_size, progress, state_dir, details, settings=settings)
     if flags_out is not None:
         flags_out.update(flags)
     if seconds_out is not None:
@@ -171,7 +187,7 @@ def evaluate(
 
 # Sanity checks (Carlini et al., "On Evaluating Adversarial Robustness", arXiv 1902.06705; Croce & Hein,
 # arXiv 2003.01690, section on gradient masking): they never change a number, they only warn.
-STRONGER_THAN_PGD = ("aa", "aa_torchattacks")
+STRONGER_THAN_PGD = ("aa", "aa_apgd", "aa_torchattacks")
 MASKING_GAP = 0.05  # a logit-scaled or margin attack this much below PGD-20 means CE gradients were masked
 AA_GAP = 0.10  # AutoAttack this much below PGD-20: the PGD-20 figure overstates robustness
 SQUARE_GAIN = 0.002  # AutoAttack's own threshold for the black-box Square beating the white-box attacks

@@ -349,7 +349,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
         t1 = time.perf_counter()
         if selects_at(cfg, epoch + 1):
             flags = robust_flags(inference_model(model, cfg, data.class_counts, meta["head"]), x_sel, y_sel,
-                                 [cfg.eval.val_attack], eps_eval, cfg.eval.batch_size)
+                                 [cfg.eval.val_attack], eps_eval, cfg.eval.batch_size, settings=cfg.eval)
             val_clean = summarize(flags["clean"], y_sel, data.num_classes, groups)
             val_robust = summarize(flags[cfg.eval.val_attack], y_sel, data.num_classes, groups)
         else:  # not evaluated (before eval.select_from, or selection is the last epoch)
@@ -516,7 +516,8 @@ def evaluate_run(
         flags, secs = {}, {}
         metrics = evaluate(model, x, y, list(attacks), eps, record["class_counts"], cfg.eval.batch_size,
                            cfg.eval.head_frac, cfg.eval.tail_frac, progress=cfg.train.progress,
-                           state_dir=run_dir / EVAL_STATE / which, flags_out=flags, seconds_out=secs)
+                           state_dir=run_dir / EVAL_STATE / which, flags_out=flags, seconds_out=secs,
+                           settings=cfg.eval)
         seconds[which] = {**seconds.get(which, {}), **secs}
         log(f"evaluated {which} checkpoint on {len(y)} test images in {time.perf_counter() - t0:.1f}s")
         by_ckpt[which] = {**by_ckpt.get(which, {}), **metrics}

@@ -13,6 +13,11 @@ changes the seeded random starts: our state is written atomically after every ba
 of a sub-attack are fixed when it starts, and every ``perturb`` call re-seeds the RNG, so a resumed
 run gives exactly the flags of an uninterrupted one.
 
+``aa_apgd`` is RoBal's "AA" (``attacks/auto_attack.py``, wutong16/Adversarial_Long-Tail): the
+official ``AutoAttack(norm='Linf', version='standard')`` with ``attacks_to_run = ['apgd-ce', 'apgd-t']``,
+i.e. the first two stages of ``aa`` with the same settings (100 iterations, one restart, 9 target
+classes), as the same resumable cascade; it can only be weaker than ``aa``.
+
 ``aa_torchattacks`` is ``torchattacks.AutoAttack`` as used by the AT-BSL reference: it runs APGD,
 APGD-T and FAB with 10 iterations instead of 100 (torchattacks issue #196), so it is weaker than
 the official attack; it is offered only to compare with the paper's protocol.
@@ -239,23 +244,55 @@ def _num_classes(model: torch.nn.Module, x: torch.Tensor) -> int:
         return int(model(_batch(x, torch.arange(1), _device(model))).shape[1])
 
 
-def aa_flags(model, x, y, eps, correct=None, batch_size=500, state_path=None, progress=False, log=print) -> dict:
-    """Standard AutoAttack as a resumable cascade on the clean-correct points (see :func:`run_cascade`)."""
+# The sub-attacks of each AutoAttack variant, as indices into autoattack_stages.
+AA_VARIANTS = {"aa": (0, 1, 2, 3), "aa_apgd": (0, 1)}
+
+
+def _aa_stages(variant: str, model, x, eps) -> list[Stage]:
     stages = autoattack_stages(model, eps, _num_classes(model, x), **AA_BUDGET)
+    return [stages[i] for i in AA_VARIANTS[variant]]
+
+
+def _aa_cascade_flags(variant, model, x, y, eps, correct=None, batch_size=500, state_path=None, progress=False,
+                      log=print) -> dict:
+    stages = _aa_stages(variant, model, x, eps)
     names = [n for n, _ in stages] + [f"{k}={v}" for k, v in sorted(AA_BUDGET.items())]
     key = cascade_key(model, x, y, eps, names, batch_size, AA_SEED)
     return run_cascade(model, x, y, stages, correct, batch_size, state_path, key, progress, log=log)
 
 
+def _aa_cascade_adv(variant, model, x, y, eps) -> torch.Tensor:
+    return run_cascade(model, x, y, _aa_stages(variant, model, x, eps), batch_size=max(len(x), 1), return_adv=True,
+                       log=lambda *a: None)["x_adv"]
+
+
+def aa_flags(model, x, y, eps, correct=None, batch_size=500, state_path=None, progress=False, log=print) -> dict:
+    """Standard AutoAttack as a resumable cascade on the clean-correct points (see :func:`run_cascade`)."""
+    return _aa_cascade_flags("aa", model, x, y, eps, correct, batch_size, state_path, progress, log)
+
+
+def aa_apgd_flags(model, x, y, eps, correct=None, batch_size=500, state_path=None, progress=False, log=print) -> dict:
+    """RoBal's AutoAttack (APGD-CE then APGD-T) as a resumable cascade on the clean-correct points."""
+    return _aa_cascade_flags("aa_apgd", model, x, y, eps, correct, batch_size, state_path, progress, log)
+
+
 @register(ATTACKS, "aa")
-def aa(model, x, y, eps):
+def aa(model, x, y, eps, settings=None):
     """Standard L-inf AutoAttack (APGD-CE, APGD-T, FAB-T, Square; Croce & Hein 2020, arXiv 2003.01690),
     official code via ``pyautoattack``, seed 0. Evaluation uses the resumable :func:`aa_flags`."""
-    stages = autoattack_stages(model, eps, _num_classes(model, x), **AA_BUDGET)
-    return run_cascade(model, x, y, stages, batch_size=max(len(x), 1), return_adv=True, log=lambda *a: None)["x_adv"]
+    return _aa_cascade_adv("aa", model, x, y, eps)
+
+
+@register(ATTACKS, "aa_apgd")
+def aa_apgd(model, x, y, eps, settings=None):
+    """RoBal's "AA" (wutong16/Adversarial_Long-Tail ``attacks/auto_attack.py``): official standard L-inf
+    AutoAttack restricted to APGD-CE (100 iterations, 1 restart) then APGD-T (9 target classes x 100
+    iterations), seed 0. Evaluation uses the resumable :func:`aa_apgd_flags`."""
+    return _aa_cascade_adv("aa_apgd", model, x, y, eps)
 
 
 aa.flags_fn = aa_flags
+aa_apgd.flags_fn = aa_apgd_flags
 
 
 def _torchattacks():
@@ -269,7 +306,7 @@ def _torchattacks():
 
 
 @register(ATTACKS, "aa_torchattacks")
-def aa_torchattacks(model, x, y, eps):
+def aa_torchattacks(model, x, y, eps, settings=None):
     """``torchattacks.AutoAttack(version="standard")``, the AT-BSL reference's evaluation: APGD-CE,
     APGD-T, FAB-T and Square, but with 10 iterations for the first three (weaker than ``aa``)."""
     torchattacks = _torchattacks()

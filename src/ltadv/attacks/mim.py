@@ -4,6 +4,10 @@ Dong et al., "Boosting Adversarial Attacks with Momentum", CVPR 2018, arXiv 1710
 g_{t+1} = mu * g_t + grad / ||grad||_1 (per sample), x_{t+1} = clip_{x, eps}(x_t + alpha * sign(g_{t+1})),
 started at x itself, decay mu = 1.0 as in the paper. The evaluation entry ``mim`` uses 20 steps of
 alpha = eps / 4 (2/255 at 8/255), the same budget as ``pgd20``, as robustness papers report MIM-20.
+RoBal's test script (``attacks/other_attacks.py``, wutong16/Adversarial_Long-Tail) starts it at
+x + U(-eps, eps), unclipped, with step 0.0078 (``eval.mim_init uniform``, ``eval.clamp_start false``,
+``eval.alpha 0.0078``) and divides the gradient by its mean absolute value instead of its L1 norm:
+a factor of the input size, the same for every step, so the same signs.
 """
 
 from __future__ import annotations
@@ -11,21 +15,22 @@ from __future__ import annotations
 import torch
 
 from ..registry import register
-from . import ATTACKS, ce_loss, check_budget, frozen_params, project_linf
+from . import ATTACKS, DEFAULT_SETTINGS, ce_loss, check_budget, frozen_params, project_linf, random_init
 
 
 def mim(model, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int, mu: float = 1.0,
-        loss_fn=None) -> torch.Tensor:
+        loss_fn=None, random_start: bool | str = False, clamp_start: bool = True) -> torch.Tensor:
     """Momentum iterative FGSM in the L-inf eps-ball around x, intersected with [0, 1].
 
+    Starts at x (the paper) unless ``random_start`` names a start (see :func:`ltadv.attacks.random_init`).
     The model's mode is left alone (callers evaluate in eval mode); parameters get no gradients.
     """
     check_budget(eps, steps)
     loss_fn = loss_fn or ce_loss
     x = x.detach()
-    x_adv = x.clone()
+    x_adv = random_init(x, eps, random_start, clamp_start)
     if eps == 0:
-        return x_adv
+        return project_linf(x_adv, x, eps)
     g = torch.zeros_like(x)
     with frozen_params(model):
         for _ in range(steps):
@@ -38,6 +43,9 @@ def mim(model, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps
 
 
 @register(ATTACKS, "mim")
-def mim20(model, x, y, eps):
-    """MIM-20: 20 steps of eps / 4, decay 1.0, from x (Dong et al., CVPR 2018, arXiv 1710.06081)."""
-    return mim(model, x, y, eps=eps, alpha=eps / 4, steps=20, mu=1.0)
+def mim20(model, x, y, eps, settings=None):
+    """MIM-20: 20 steps of eps / 4, decay 1.0, from x (Dong et al., CVPR 2018, arXiv 1710.06081);
+    ``settings.alpha``, ``mim_init`` and ``clamp_start`` change the step and the start."""
+    s = settings or DEFAULT_SETTINGS
+    return mim(model, x, y, eps=eps, alpha=s.step(eps), steps=20, mu=1.0, random_start=s.mim_init,
+               clamp_start=s.clamp_start)
