@@ -199,12 +199,12 @@ def test_robust_overfitting_tracking(at_run, tmp_path):
     vr = [e["val_robust"] for e in rec["epochs"]]
     assert rec["best_epoch"] == 1 + vr.index(max(vr))
     assert all(0 <= e["val_robust"] <= e["val_clean"] <= 1 for e in rec["epochs"])
-    assert rec["selection"] == {"split": "val", "n": 100, "attack": "pgd20"}
+    assert rec["selection"] == {"split": "val", "n": 100, "attack": "pgd20", "from_epoch": 1, "ties": "first"}
     assert {"best", "last"} <= set(rec["metrics_by_checkpoint"])
     out = tmp_path / "ref"
     rec_t = train(load_config(overrides={**AT, "train.epochs": 2, "eval.select_on": "test", "eval.val_n": 80}),
                   out, log=quiet)
-    assert rec_t["selection"] == {"split": "test", "n": 80, "attack": "pgd20"}
+    assert rec_t["selection"] == {"split": "test", "n": 80, "attack": "pgd20", "from_epoch": 1, "ties": "first"}
     assert {"best", "last"} <= set(rec_t["metrics_by_checkpoint"])
 
 

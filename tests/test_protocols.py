@@ -79,7 +79,35 @@ REAT = {"method.name": "reat", "model.name": "resnet18", "train.epochs": 80, "op
         "optim.lr": 0.1, "optim.weight_decay": 5e-4, "optim.milestones": (61.0, 76.0), "seed": 0,
         "eval.select_on": "test", "eval.select_ties": "last", "data.drop_last": False, "attack.init": "uniform"}
 
+# RoBal's long-tail baselines (configs/CIFAR10_LT/cifar10_LT0.02_pgdat*.yaml): RoBal's recipe, FC classifier,
+# train_mode pgd_at (methods/train_modes.py pgd_adv_train: x + epsilon * torch.rand).
+ROBAL_BASE = {k: v for k, v in ROBAL_R_CIFAR10.items() if not k.startswith("method.")}
+ROBAL_BASELINES = {
+    # cifar10_LT0.02_pgdat.yaml
+    "robal-at-cifar10": {**ROBAL_BASE, "method.name": "at", "method.outer_loss": "auto", "model.head": "linear"},
+    # ..._outer_focal.yaml: focal gamma 2 (sigmoid), warmup_epochs 5; FC_Classifier(focal_init=True)
+    "robal-focal-cifar10": {**ROBAL_BASE, "method.name": "at_focal_sigmoid", "method.outer_loss": "focal_sigmoid",
+                            "method.focal_gamma": 2.0,
+                            "optim.warmup_epochs": 5, "model.focal_bias_init": True},
+    # ..._outer_CB.yaml: beta 0.9999, loss_type focal, gamma 2
+    "robal-cb-cifar10": {**ROBAL_BASE, "method.name": "at_cb_focal_sigmoid", "method.outer_loss": "cb_focal_sigmoid",
+                         "method.cb_beta": 0.9999,
+                         "method.focal_gamma": 2.0},
+    # ..._outer_LDAM.yaml: max_m 0.5, s 1, no re-weighting
+    "robal-ldam-cifar10": {**ROBAL_BASE, "method.name": "at_ldam", "method.outer_loss": "ldam",
+                           "method.ldam_max_m": 0.5,
+                           "method.ldam_s": 1.0, "method.reweight": "none"},
+    # ..._outer_CDT.yaml tau 0.3
+    "robal-cdt-cifar10": {**ROBAL_BASE, "method.name": "at_cdt", "method.outer_loss": "cdt", "method.cdt_gamma": 0.3},
+    # ..._outer_logitadjust.yaml
+    "robal-la-cifar10": {**ROBAL_BASE, "method.name": "at_la", "method.outer_loss": "la", "method.la_tau": 1.0},
+    # ..._rs-whole.yaml: epochs 25, lr_decline [15, 20], sampler ClassAware
+    "robal-rs-cifar10": {**ROBAL_BASE, "method.name": "at_rs", "data.sampler": "balanced", "train.epochs": 25,
+                         "optim.milestones": (15.0, 20.0)},
+}
+
 AUTHORS = {
+    **ROBAL_BASELINES,
     "at-bsl-cifar10": AT_BSL_CIFAR10, "at-bsl-cifar100": AT_BSL_CIFAR100, "at-bsl-tiny": AT_BSL_TINY,
     "robal-r-cifar10": ROBAL_R_CIFAR10, "robal-n-cifar10": ROBAL_N_CIFAR10,
     "robal-r-cifar100": ROBAL_R_CIFAR100, "robal-n-cifar100": ROBAL_N_CIFAR100,
@@ -108,8 +136,7 @@ def test_protocol_equals_the_authors_settings(name):
 
 
 def test_every_shipped_protocol_is_checked_here():
-    assert set(protocol_names()) >= set(AUTHORS)
-    assert not set(protocol_names()) - set(AUTHORS) - {n for n in protocol_names() if n.startswith("robal-at")}
+    assert set(protocol_names()) == set(AUTHORS)
 
 
 def test_unknown_protocol_is_one_clear_error():
@@ -158,6 +185,48 @@ def test_robal_schedule_compounds_as_its_code():
     assert _lrs(cfg, [59, 60, 61, 62]) == pytest.approx([0.1, 0.01, 0.001, 1e-4])
     step = load_config(overrides={"protocol": "robal-r-cifar10", "optim.lr_schedule": "step"})
     assert _lrs(step, [59, 60, 74, 75, 80]) == pytest.approx([0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+def test_robal_warmup_compounds_as_its_code():
+    cfg = load_config(overrides={"protocol": "robal-focal-cifar10"})
+    # adjust_learning_rate(warmup_epochs=5): decay = (epoch + 1) / 5 while epoch < 5, lr *= decay each epoch
+    assert _lrs(cfg, [1, 2, 3, 4, 5, 59, 60]) == pytest.approx([0.04, 0.024, 0.0192, 0.0192, 0.0192, 0.0192, 0.00192])
+    step = load_config(overrides={"data.name": "digits-lt", "optim.warmup_epochs": 4, "train.epochs": 10})
+    assert _lrs(step, [1, 2, 3, 4, 8, 9]) == pytest.approx([0.05, 0.075, 0.1, 0.1, 0.01, 0.001])
+
+
+def test_focal_bias_init_sets_the_prior_logit(tmp_path):
+    cfg = load_config(overrides={**DIGITS, "train.epochs": 1, "optim.lr": 1e-12, "method.name": "at_focal_sigmoid",
+                                 "model.focal_bias_init": True, "optim.weight_decay": 0.0})
+    rec = train(cfg, tmp_path / "r", log=quiet)
+    import ltadv
+
+    bias = ltadv.load_model(tmp_path / "r", "last").head.bias
+    n = torch.tensor(rec["class_counts"], dtype=torch.float32)
+    prior = n / n.sum()
+    assert torch.allclose(bias, torch.log(prior / (1 - prior)), atol=1e-5)  # unchanged at lr 1e-12
+
+
+def test_training_attack_takes_its_first_gradient_at_the_unclipped_start():
+    from ltadv.methods import METHODS
+
+    cfg = load_config(overrides={"data.name": "digits-lt", "attack.steps": 1, "attack.init": "uniform_plus",
+                                 "attack.clamp_start": False})
+    seen = {}
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.setdefault("x", x.detach().clone())
+            return x.flatten(1)[:, :10] * torch.arange(1.0, 11.0)
+
+    x = torch.ones(2, 1, 8, 8)  # every pixel at 1: a start in [x, x + eps) leaves the box unless clipped
+    method = METHODS["at"](cfg, [10] * 10)
+    x_adv = method.perturb(Probe(), x, torch.tensor([0, 1]))
+    assert seen["x"].max() > 1.0 and x_adv.max() <= 1.0
+    seen.clear()
+    METHODS["at"](load_config(overrides={"data.name": "digits-lt", "attack.steps": 1, "attack.init": "uniform_plus"}),
+                  [10] * 10).perturb(Probe(), x, torch.tensor([0, 1]))
+    assert seen["x"].max() <= 1.0
 
 
 def test_reat_schedule_is_multisteplr_after_each_epoch():

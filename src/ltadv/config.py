@@ -57,6 +57,8 @@ class Model:
     head: str = "linear"  # linear | cosine (RoBal)
     channels_last: str = "auto"  # auto: model on CUDA, attack view always | on | off
     normalize: bool = True  # first layer (x - mean) / std; the AT-BSL / RoBal / TRADES models take raw [0, 1]
+    # linear head's bias starts at log(pi / (1 - pi)), pi the class prior (RoBal's FC_Classifier focal_init)
+    focal_bias_init: bool = False
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,9 @@ class Attack:
     steps: int = 10
     # normal: x + 0.001 N(0,1) (reference) | uniform: U(-eps, eps) | uniform_plus: U[0, eps) (RoBal) | zero
     init: str = "normal"
+    # clip the random start to the eps-ball and [0, 1] before the first gradient; the AT-BSL, RoBal, TRADES,
+    # MART and REAT training attacks take their first gradient at the unclipped start (clipping after each step)
+    clamp_start: bool = True
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,9 @@ class Optim:
     # step: lr * lr_decay^(milestones passed); compound: RoBal's adjust_learning_rate, which multiplies the
     # CURRENT rate by lr_decay^(milestones passed) every epoch (so it keeps falling after a milestone).
     lr_schedule: str = "step"  # step | compound
+    # 1-based epochs e < warmup_epochs scale the rate by (e + 1) / warmup_epochs (RoBal's adjust_learning_rate;
+    # compounding with lr_schedule compound, as there)
+    warmup_epochs: int = 0
 
 
 @dataclass(frozen=True)
@@ -492,6 +500,7 @@ def _check_protocol_fields(cfg: Config) -> None:
         (o.milestone_unit == "fraction" or all(m >= 1 for m in o.milestones),
          "optim.milestones are 1-based epoch numbers >= 1 with optim.milestone_unit epoch"),
         (o.lr_schedule in ("step", "compound"), f"optim.lr_schedule must be step or compound, got {o.lr_schedule!r}"),
+        (o.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0, got {o.warmup_epochs}"),
         (e.select_from >= 1, f"eval.select_from must be >= 1 (a 1-based epoch), got {e.select_from}"),
         (e.select_ties in ("first", "last"), f"eval.select_ties must be first or last, got {e.select_ties!r}"),
         (cfg.method.scale_in in ("loss", "head"), f"method.scale_in must be loss or head, got {cfg.method.scale_in!r}"),

@@ -82,9 +82,9 @@ def format_table(records: Mapping[str, Mapping], relative_to: str | None = None)
 # ---------------------------------------------------------------------------------------------------
 
 # Display order and names of the attacks (the AT-BSL paper's table order); unknown attacks follow.
-ATTACK_ORDER = ["clean", "fgsm", "pgd20", "cw", "lsa", "aa_torchattacks", "aa"]
-ATTACK_TITLES = {"clean": "clean", "fgsm": "FGSM", "pgd20": "PGD-20", "cw": "CW", "lsa": "LSA",
-                 "aa": "AA", "aa_torchattacks": "AA-ta"}
+ATTACK_ORDER = ["clean", "fgsm", "pgd20", "mim", "cw", "lsa", "aa_apgd", "aa_torchattacks", "aa"]
+ATTACK_TITLES = {"clean": "clean", "fgsm": "FGSM", "pgd20": "PGD-20", "mim": "MIM", "cw": "CW", "lsa": "LSA",
+                 "aa": "AA", "aa_torchattacks": "AA-ta", "aa_apgd": "AA-apgd"}
 # Config keys that do not change what a run learns: they neither split groups nor name rows (the
 # attacks evaluated show up as the metrics present, whatever eval.attacks said at training time).
 IGNORED_KEYS = {"seed", "data.root", "train.device", "train.progress", "train.compile", "eval.attacks",

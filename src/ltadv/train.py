@@ -100,10 +100,14 @@ def lr_at(cfg: Config, epoch: int) -> float:
     lr_decay^(milestones passed) at the start of every epoch, so after the first milestone the rate keeps
     falling tenfold per epoch; computed here in closed form so a resumed run gets the same rate.
     """
-    if cfg.optim.lr_schedule == "compound":
-        total = sum(milestones_passed(cfg, e) for e in range(1, epoch + 2))
-        return cfg.optim.lr * cfg.optim.lr_decay**total
-    return cfg.optim.lr * cfg.optim.lr_decay ** milestones_passed(cfg, epoch + 1)
+    o = cfg.optim
+
+    def factor(e1: int) -> float:  # RoBal: decay from the milestones, or (e + 1) / warmup_epochs while warming up
+        return (e1 + 1) / o.warmup_epochs if e1 < o.warmup_epochs else o.lr_decay ** milestones_passed(cfg, e1)
+
+    if o.lr_schedule == "compound":
+        return o.lr * math.prod(factor(e) for e in range(1, epoch + 2))
+    return o.lr * factor(epoch + 1)
 
 
 def memory_layouts(cfg: Config, device: torch.device) -> tuple[bool, bool]:
@@ -142,6 +146,18 @@ def head_scale(cfg: Config, head: str) -> float:
 def make_model(cfg: Config, meta: dict) -> Classifier:
     return build_model(cfg.model.name, meta["num_classes"], meta["in_channels"], meta["mean"], meta["std"],
                        head=meta["head"], s=head_scale(cfg, meta["head"]), gamma=cfg.method.gamma)
+
+
+def focal_bias_init(model: Classifier, class_counts) -> None:
+    """RoBal's FC_Classifier(focal_init=True): bias_i = -log((1 - pi_i) / pi_i), pi the training prior
+    (Lin et al., "Focal Loss for Dense Object Detection", arXiv 1708.02002, Sec. 3.3's prior init)."""
+    bias = getattr(model.head, "bias", None)
+    if bias is None:
+        raise ConfigError("model.focal_bias_init needs a linear head with a bias")
+    prior = torch.as_tensor(list(class_counts), dtype=torch.float32)
+    prior = prior / prior.sum()
+    with torch.no_grad():
+        bias.copy_(-torch.log((1 - prior) / prior))
 
 
 def inference_model(model, cfg: Config, class_counts, head: str):
@@ -236,7 +252,10 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     reproducibility.seed_everything(cfg.seed, dctx.rank)
     method = METHODS[cfg.method.name](cfg, data.class_counts)
     meta = model_meta(data, method.head, cfg.model.normalize)
-    model = make_model(cfg, meta).to(device)
+    model = make_model(cfg, meta)
+    if cfg.model.focal_bias_init and state is None:
+        focal_bias_init(model, data.class_counts)
+    model = model.to(device)
     channels_last, view_channels_last = memory_layouts(cfg, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -46,7 +46,8 @@ class Method:
 
     def perturb(self, model, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         a = self.cfg.attack
-        return pgd(model, x, target, eps=a.eps, alpha=self.alpha, steps=a.steps, random_start=a.init)
+        return pgd(model, x, target, eps=a.eps, alpha=self.alpha, steps=a.steps, random_start=a.init,
+                   clamp_start=a.clamp_start)
 
     def loss(self, model, x: torch.Tensor, x_adv: torch.Tensor, target: torch.Tensor) -> dict:
         raise NotImplementedError

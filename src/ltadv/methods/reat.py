@@ -108,7 +108,7 @@ class REAT(Method):
         a = self.cfg.attack
         w = rbl_weights(self.class_counts, self.adv_counts)
         return pgd(model, x, target, eps=a.eps, alpha=self.alpha, steps=a.steps,
-                   loss_fn=lambda logits, t: rbl_loss(logits, t, w), random_start=a.init)
+                   loss_fn=lambda logits, t: rbl_loss(logits, t, w), random_start=a.init, clamp_start=a.clamp_start)
 
     def loss(self, model, x, x_adv, target):
         store = {}

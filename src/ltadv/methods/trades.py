@@ -32,7 +32,7 @@ class TRADES(Method):
             logits_clean = model(x).detach()
         a = self.cfg.attack
         return pgd(model, x, logits_clean, eps=a.eps, alpha=self.alpha, steps=a.steps, loss_fn=kl_attack_loss,
-                   random_start=a.init)
+                   random_start=a.init, clamp_start=a.clamp_start)
 
     def loss(self, model, x, x_adv, target):
         logits_clean = model(x)
