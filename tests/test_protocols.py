@@ -401,3 +401,20 @@ def test_every_protocol_runs_one_epoch_and_records_its_name(name, folders, tmp_p
     assert set(rec["protocol_differences"]) >= {"model.name", "train.epochs", "attack.steps"}
     with np.load(out / "subset.npz") as f:
         assert len(f["train_indices"]) == sum(rec["class_counts"])
+
+
+def test_sweep_cells_take_a_protocol(folders, tmp_path, monkeypatch):
+    import yaml
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "p", "base": {"protocol": "reat-cifar10", "data.root": str(folders), "train.epochs": 1,
+                              "model.name": "small_cnn", "attack.steps": 1, "eval.attacks": ["clean"],
+                              "eval.n": 10, "eval.val_n": 10},
+        "cells": {"a": {"seed": 3}},
+    }))
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "sw")]) == 0
+    rec = json.loads((tmp_path / "sw" / "a" / "result.json").read_text())
+    assert rec["protocol"] == "reat-cifar10" and rec["config"]["seed"] == 3
+    assert rec["protocol_differences"]["seed"] == {"protocol": 0, "run": 3}
+    assert rec["config"]["optim"]["milestones"] == [61.0, 76.0]
