@@ -389,7 +389,8 @@ def test_ddp_two_processes_train_resume_and_match_class_counts(tmp_path):
         len(single.y_train) + len(single.y_train) % 2)
     files = sorted(snapshot(full))  # no stray files of rank 1 (eval_state/ holds rank 0's per-sample flags)
     assert [f for f in files if not f.startswith("eval_state/")] == [
-        "checkpoints/best.safetensors", "checkpoints/last.pt", "checkpoints/last.safetensors", "result.json"]
+        "checkpoints/best.safetensors", "checkpoints/last.pt", "checkpoints/last.safetensors", "result.json",
+        "subset.npz"]
     assert all(f.startswith(("eval_state/best/", "eval_state/last/")) for f in files if f.startswith("eval_state/"))
     assert r.stdout.count("run record:") == 1  # only rank 0 talks
 
