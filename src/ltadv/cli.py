@@ -399,9 +399,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ltadv: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except OSError as e:  # disk full, no permission, a path that is a folder: one line, never a traceback
+        if os.environ.get("LTADV_DEBUG"):
+            raise
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"ltadv: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
         print("ltadv: interrupted; the last finished epoch is checkpointed (continue with --resume)", file=sys.stderr)
-        return 130
+        return 128 + getattr(e, "signum", 2)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from . import checkpoint as ckpt
-from .config import from_dict
-from .train import load_run_model, make_model
+from .config import ConfigError, from_dict
+from .results import save_error
+from .train import build_checked, load_run_model
 
 FORMAT = "ltadv-weights-1"
 
@@ -32,6 +33,8 @@ def export_weights(run_dir: str | Path, which: str = "best", out: str | Path | N
     out = Path(out) if out is not None else run_dir / f"{run_dir.name}-{which}.safetensors"
     if out.suffix != ".safetensors":
         raise ExportError(f"export file must end in .safetensors, got {out}")
+    if out.is_dir():
+        raise ExportError(f"{out} is a folder; --out names the .safetensors file to write")
     if out.exists() and not force:
         raise ExportError(f"{out} already exists; pass --force to replace it")
     model, record = load_run_model(run_dir, which)  # checks the weights fit the run's model
@@ -46,14 +49,19 @@ def export_weights(run_dir: str | Path, which: str = "best", out: str | Path | N
         "class_counts": json.dumps(record["class_counts"]),
     }
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    os.close(fd)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+        os.close(fd)
+    except OSError as e:
+        raise save_error(out, e) from None
     try:
         save_file(state, tmp, metadata=metadata)
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise save_error(out, e) from None
         raise
     return out
 
@@ -71,8 +79,19 @@ def load_exported(path: str | Path, device=None):
     if meta.get("format") != FORMAT:
         raise ckpt.CheckpointError(f"{path} is not an ltadv export (no '{FORMAT}' metadata); "
                                    f"load a run folder instead")
-    cfg = from_dict(json.loads(meta["config"]))
-    model = make_model(cfg, json.loads(meta["model_meta"]))
+    fields = {}
+    for k, v in meta.items():
+        try:
+            fields[k] = v if k in ("format", "which") else json.loads(v)
+        except json.JSONDecodeError as e:
+            raise ckpt.CheckpointError(f"{path}: metadata {k!r} is not valid JSON ({e.msg})") from None
+    for k in ("config", "model_meta"):
+        if not isinstance(fields.get(k), dict):
+            raise ckpt.CheckpointError(f"{path}: metadata {k!r} is missing or not a mapping")
+    try:
+        cfg = from_dict(fields["config"])
+    except ConfigError as e:
+        raise ckpt.CheckpointError(f"{path}: the configuration in its metadata is not valid: {e}") from None
+    model = build_checked(cfg, fields["model_meta"], path, str(path))  # header shapes before allocating
     ckpt.load_weights(path, model)
-    return model.to(device or "cpu").eval(), {k: (v if k in ("format", "which") else json.loads(v))
-                                               for k, v in meta.items()}
+    return model.to(device or "cpu").eval(), fields
