@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .results import RESULT
+from .rundir import run_state
 
 
 def _fmt(v, digits: int = 4) -> str:
@@ -109,12 +110,13 @@ def flatten(d: Mapping, prefix: str = "") -> dict:
 def load_records(runs_dir: str | Path, log=print) -> list[tuple[Path, dict]]:
     """[(run folder, record)] for every complete ``result.json`` under ``runs_dir`` (recursively, sorted).
 
-    An unfinished run is left out with a note; a file that is not a valid record gets a one-line
-    warning; neither stops the report."""
+    An unfinished run is left out with a note that tells running (its folder is locked by a live
+    process), stopped (killed), interrupted, failed (with the reason) and trained-not-evaluated runs
+    apart; a file that is not a valid record gets a one-line warning; neither stops the report."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise ReportError(f"runs folder not found: {runs_dir}")
-    found, incomplete = [], []
+    found, left_out = [], {}
     for path in sorted(runs_dir.rglob(RESULT)):
         try:
             rec = json.loads(path.read_text())
@@ -129,11 +131,19 @@ def load_records(runs_dir: str | Path, log=print) -> list[tuple[Path, dict]]:
             log(f"warning: skipping {path}: not a valid run record ({msg})")
             continue
         if rec.get("status", "complete") != "complete" or not rec.get("metrics"):
-            incomplete.append(path.parent)
+            state = run_state(path.parent, rec) if rec.get("status", "complete") != "complete" else "trained"
+            left_out.setdefault(state, []).append((path.parent, rec))
             continue
         found.append((path.parent, rec))
-    if incomplete:
-        log(f"note: skipping {len(incomplete)} unfinished run(s): {', '.join(str(p) for p in incomplete)}")
+    for state, runs in left_out.items():
+        what = {"running": "still running", "stopped": "stopped without finishing (killed? continue with --resume)",
+                "interrupted": "interrupted (continue with --resume)", "failed": "failed",
+                "trained": "trained but not evaluated"}.get(state, f"with status {state!r}")
+        if state == "failed":
+            names = "; ".join(f"{p} ({r.get('failure') or 'no reason recorded'})" for p, r in runs)
+        else:
+            names = ", ".join(str(p) for p, _ in runs)
+        log(f"note: skipping {len(runs)} run(s) {what}: {names}")
     return found
 
 
