@@ -186,8 +186,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, str):
             try:
                 return _parse_number(value)
-            except ValueError:
-                pass
+            except ValueError as e:
+                if "divides by zero" in str(e):
+                    raise ConfigError(f"{key}: {e}") from None
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):

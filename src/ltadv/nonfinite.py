@@ -18,6 +18,11 @@ class TrainingDiverged(RunFailed):
     """The loss or the weights stopped being finite."""
 
 
+def _kept(epoch: int) -> str:
+    return (f"nothing of epoch {epoch + 1} was saved; the checkpoint of epoch {epoch} is kept" if epoch
+            else "no checkpoint was written")
+
+
 def likely_cause(cfg: Config, epoch: int, batch: int) -> str:
     if cfg.optim.lr >= 10:
         return f"optim.lr {cfg.optim.lr:g} is far too large"
@@ -35,8 +40,7 @@ def finite_loss(loss: torch.Tensor, cfg: Config, epoch: int, batch: int) -> floa
     value = float(loss.detach())
     if not math.isfinite(value):
         raise TrainingDiverged(f"training stopped: the loss is {value} at epoch {epoch + 1}, batch {batch + 1}; "
-                               f"likely cause: {likely_cause(cfg, epoch, batch)}; the last finished epoch's "
-                               f"checkpoint is kept")
+                               f"likely cause: {likely_cause(cfg, epoch, batch)}; {_kept(epoch)}")
     return value
 
 
@@ -45,5 +49,4 @@ def check_weights(model: torch.nn.Module, cfg: Config, epoch: int) -> None:
     for name, t in (*model.named_parameters(), *model.named_buffers()):
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise TrainingDiverged(f"training stopped: weight {name} is not finite after epoch {epoch + 1}; "
-                                   f"likely cause: {likely_cause(cfg, epoch, 1)}; the last finished epoch's "
-                                   f"checkpoint is kept")
+                                   f"likely cause: {likely_cause(cfg, epoch, 1)}; {_kept(epoch)}")
