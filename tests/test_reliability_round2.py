@@ -584,3 +584,32 @@ def test_unwritable_result_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(results.tempfile, "mkstemp", denied)
     rc, err = run_cli(capsys, [*BASE, "--out", tmp_path / "run"])
     assert_one_error_line(rc, err, "Permission denied")
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda r: r["epochs"][0].pop("train_seconds"), "epochs[0].train_seconds is None"),
+    (lambda r: r["epochs"][0].update(epoch="a"), "epochs[0].epoch is 'a'"),
+    (lambda r: r["metrics"]["pgd20"].update(overall="x"), "metrics.pgd20.overall is 'x'"),
+    (lambda r: r["metrics"]["clean"].update(per_class="x"), "metrics.clean.per_class is not a list"),
+    (lambda r: r.update(class_counts={"a": 1}), "'class_counts' is not a list"),
+])
+def test_report_skips_a_record_with_wrong_typed_values_with_one_warning(trained, tmp_path, capsys, damage, expected):
+    for name in ("good", "bad"):
+        shutil.copytree(trained, tmp_path / "runs" / name)
+    rec = json.loads((tmp_path / "runs" / "bad" / "result.json").read_text())
+    damage(rec)
+    (tmp_path / "runs" / "bad" / "result.json").write_text(json.dumps(rec))
+    before = snapshot(tmp_path / "runs")
+    rc = main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "rep"), "--no-figures"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 0
+    assert len(err) == 1 and "skipping" in err[0] and "bad" in err[0] and expected in err[0], err
+    assert snapshot(tmp_path / "runs") == before
+
+
+def test_selection_subset_must_not_be_empty_or_negative(work, capsys):
+    before = snapshot(work)
+    for n in ("0", "-5"):
+        rc, err = run_cli(capsys, [*BASE, "--eval.val_n", n, "--out", work / "at", "--force"])
+        assert_one_error_line(rc, err, f"eval.val_n must be >= 1, got {n}")
+    assert snapshot(work) == before

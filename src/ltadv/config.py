@@ -346,6 +346,7 @@ def _check_finite(cfg: Config) -> None:
         (cfg.optim.lr_decay > 0, f"optim.lr_decay must be > 0, got {cfg.optim.lr_decay}"),
         (cfg.train.epochs <= 1_000_000, f"train.epochs must be <= 1000000, got {cfg.train.epochs}"),
         (cfg.attack.steps <= 1_000_000, f"attack.steps must be <= 1000000, got {cfg.attack.steps}"),
+        (cfg.eval.val_n is None or cfg.eval.val_n >= 1, f"eval.val_n must be >= 1, got {cfg.eval.val_n}"),
     ]
     for ok, message in checks:
         if not ok:

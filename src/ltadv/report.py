@@ -107,6 +107,34 @@ def flatten(d: Mapping, prefix: str = "") -> dict:
     return out
 
 
+def _is_num(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+EPOCH_NUMBERS = ("epoch", "train_seconds", "eval_seconds", "peak_mem_mb")  # what the tables and figures read
+
+
+def check_record_values(rec: Mapping) -> None:
+    """The numbers the report reads are numbers (a ValueError naming the first that is not)."""
+    for attack, m in (rec.get("metrics") or {}).items():
+        for k, v in m.items():
+            if k in ("overall", "balanced", "worst", "head", "medium", "tail") and not (v is None or _is_num(v)):
+                raise ValueError(f"metrics.{attack}.{k} is {v!r}, not a number")
+        pc = m.get("per_class")
+        if pc is not None and not (isinstance(pc, list) and all(v is None or _is_num(v) for v in pc)):
+            raise ValueError(f"metrics.{attack}.per_class is not a list of numbers")
+    epochs = rec.get("epochs") or []
+    if not isinstance(epochs, list) or not all(isinstance(e, dict) for e in epochs):
+        raise ValueError("'epochs' is not a list of per-epoch records")
+    for i, e in enumerate(epochs):
+        for k in EPOCH_NUMBERS:
+            if not _is_num(e.get(k)):
+                raise ValueError(f"epochs[{i}].{k} is {e.get(k)!r}, not a number")
+    counts = rec.get("class_counts")
+    if counts is not None and not (isinstance(counts, list) and all(isinstance(c, int) for c in counts)):
+        raise ValueError("'class_counts' is not a list of integers")
+
+
 def load_records(runs_dir: str | Path, log=print) -> list[tuple[Path, dict]]:
     """[(run folder, record)] for every complete ``result.json`` under ``runs_dir`` (recursively, sorted).
 
@@ -126,6 +154,7 @@ def load_records(runs_dir: str | Path, log=print) -> list[tuple[Path, dict]]:
             if not isinstance(metrics, dict) or not all(isinstance(m, dict) and "overall" in m
                                                         for m in metrics.values()):
                 raise ValueError("'metrics' is not {attack: {overall, ...}}")
+            check_record_values(rec)
         except (OSError, UnicodeDecodeError, ValueError) as e:
             msg = f"{e.msg}, line {e.lineno}" if isinstance(e, json.JSONDecodeError) else str(e)
             log(f"warning: skipping {path}: not a valid run record ({msg})")
