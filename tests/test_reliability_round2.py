@@ -613,3 +613,19 @@ def test_selection_subset_must_not_be_empty_or_negative(work, capsys):
         rc, err = run_cli(capsys, [*BASE, "--eval.val_n", n, "--out", work / "at", "--force"])
         assert_one_error_line(rc, err, f"eval.val_n must be >= 1, got {n}")
     assert snapshot(work) == before
+
+
+def test_a_run_made_between_the_check_and_the_lock_is_not_overwritten(trained, tmp_path, capsys, monkeypatch):
+    import ltadv.rundir as rundir
+
+    out = tmp_path / "race"
+    real_enter = rundir.RunLock.__enter__
+
+    def other_process_finishes_first(self):
+        shutil.copytree(trained, out, dirs_exist_ok=True)  # the other `ltadv train` wrote its whole run
+        return real_enter(self)
+
+    monkeypatch.setattr(rundir.RunLock, "__enter__", other_process_finishes_first)
+    rc, err = run_cli(capsys, [*BASE, "--out", out])
+    assert_one_error_line(rc, err, "already exists")
+    assert snapshot(out) == snapshot(trained)

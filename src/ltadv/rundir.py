@@ -254,7 +254,7 @@ def restartable(out: Path, config: dict | None) -> bool:
     if config is None or not is_run_folder(out) or (out / CKPT_DIR / "last.pt").exists():
         return False
     rec = json.loads((out / RESULT).read_text())
-    return not rec.get("epochs") and rec.get("config") == config and lock_holder(out) is None
+    return not rec.get("epochs") and rec.get("config") == config and lock_holder(out) in (None, os.getpid())
 
 
 class RunGuard:
@@ -274,6 +274,11 @@ class RunGuard:
         except OSError as e:
             raise RunDirError(f"output folder {self.out} is not writable: {e.strerror}") from None
         self.lock = RunLock(self.out, self.log).__enter__()
+        try:  # again under the lock: another process may have made a run here since the first check
+            check_start(self.out, resume, force, config)
+        except RunDirError:
+            self.close()
+            raise
         if (force and not resume) or (not resume and restartable(self.out, config)):
             clear_run(self.out)
 

@@ -75,7 +75,9 @@ def check_names(cfg: Config) -> None:
     from .attacks import ATTACKS
 
     for a in (*cfg.eval.attacks, cfg.eval.val_attack):
-        lookup(ATTACKS, a, "attack")
+        check = getattr(lookup(ATTACKS, a, "attack"), "check", None)
+        if check is not None:
+            check()  # an optional dependency is missing: say so before the run folder is touched
 
 
 def autocast_for(cfg: Config, device: torch.device):

@@ -207,6 +207,9 @@ def read_tiny_imagenet(root: str | None):
         if parts[1] not in index:
             raise DataError(f"corrupt {ann_file}: unknown class {parts[1]!r}")
         test_files.append((folder / "val" / "images" / parts[0], index[parts[1]]))
+    if not train_files or not test_files:
+        where = folder / "train" if not train_files else ann_file
+        raise DataError(f"no {'training' if not train_files else 'test'} images listed under {where}")
     key = _listing_key(folder, [p for p, _ in train_files] + [p for p, _ in test_files] + [wnids_file, ann_file])
     cache = _cache_dir() / f"tiny-imagenet-{key}.npz"
     if cache.is_file():
