@@ -629,3 +629,13 @@ def test_a_run_made_between_the_check_and_the_lock_is_not_overwritten(trained, t
     rc, err = run_cli(capsys, [*BASE, "--out", out])
     assert_one_error_line(rc, err, "already exists")
     assert snapshot(out) == snapshot(trained)
+
+
+def test_a_symlinked_checkpoints_folder_is_refused(work, tmp_path, capsys):
+    elsewhere = tmp_path / "elsewhere"
+    (work / "at" / "checkpoints").rename(elsewhere)
+    (work / "at" / "checkpoints").symlink_to(elsewhere)
+    before, outside = snapshot(work), snapshot(elsewhere)
+    rc, err = run_cli(capsys, [*BASE, "--out", work / "at", "--force"])
+    assert_one_error_line(rc, err, "is a symbolic link")
+    assert snapshot(work) == before and snapshot(elsewhere) == outside

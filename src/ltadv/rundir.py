@@ -241,6 +241,10 @@ def check_start(out: Path, resume: bool, force: bool, config: dict | None = None
         raise RunDirError(f"output path {out} exists and is not a folder")
     if not out.is_dir() or is_empty(out):
         return
+    for name in (RESULT, CKPT_DIR, EVAL_STATE, LOCK):
+        if (out / name).is_symlink():  # writing through it would land outside the run folder
+            raise RunDirError(f"{out / name} is a symbolic link; ltadv writes only inside the run folder, "
+                              f"so it must be a plain file or folder")
     if not (resume or force) and not restartable(out, config):
         raise RunDirError(f"run directory {out} already exists; pass --resume to continue it or --force to "
                           f"start it again")
