@@ -128,7 +128,7 @@ def build_checked(cfg: Config, meta, weights: Path, source: str) -> Classifier:
     """``make_model`` after checking ``meta`` and the tensor shapes in ``weights``' header against a
     model built on the meta device: a file claiming 10 million classes is refused before allocating."""
     ckpt.check_model_meta(meta, source)
-    check_names(cfg)
+    lookup(MODELS, cfg.model.name, "model")
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in make_model(cfg, meta).state_dict().items()}
     ckpt.check_header(weights, shapes)
