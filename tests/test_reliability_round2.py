@@ -639,3 +639,34 @@ def test_a_symlinked_checkpoints_folder_is_refused(work, tmp_path, capsys):
     rc, err = run_cli(capsys, [*BASE, "--out", work / "at", "--force"])
     assert_one_error_line(rc, err, "is a symbolic link")
     assert snapshot(work) == before and snapshot(elsewhere) == outside
+
+
+@pytest.mark.slow
+def test_two_real_processes_one_lock_and_sigterm_records_interrupted(tmp_path, capsys):
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(ltadv.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "ltadv", *[str(a) for a in BASE[:-1]], "200", "--epochs", "50", "--out", str(run)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (run / "checkpoints" / "last.pt").is_file():  # under way: locked, one epoch done
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert lock_holder(run) == proc.pid
+        rc, err = run_cli(capsys, [*BASE, "--out", run, "--force"])
+        assert_one_error_line(rc, err, f"in use by PID {proc.pid}")
+        rc, err = run_cli(capsys, ["eval", run, "--n", "10"])
+        assert_one_error_line(rc, err, f"in use by PID {proc.pid}")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=120)
+    assert rc == 128 + signal.SIGTERM
+    assert proc.stderr.read().strip().splitlines()[-1].startswith("ltadv: interrupted")
+    rec = json.loads((run / "result.json").read_text())
+    assert rec["status"] == "interrupted" and lock_holder(run) is None and not (run / LOCK).exists()
