@@ -670,3 +670,15 @@ def test_two_real_processes_one_lock_and_sigterm_records_interrupted(tmp_path, c
     assert proc.stderr.read().strip().splitlines()[-1].startswith("ltadv: interrupted")
     rec = json.loads((run / "result.json").read_text())
     assert rec["status"] == "interrupted" and lock_holder(run) is None and not (run / LOCK).exists()
+
+
+def test_export_force_replaces_only_an_earlier_export(work, capsys):
+    target = work / "model.safetensors"
+    target.write_bytes(b"someone else's file")
+    before = snapshot(work)
+    rc, err = run_cli(capsys, ["export", work / "at", "--out", target, "--force"])
+    assert_one_error_line(rc, err, "is not an ltadv export")
+    assert snapshot(work) == before
+    target.unlink()
+    assert main(["export", str(work / "at"), "--out", str(target)]) == 0
+    assert main(["export", str(work / "at"), "--which", "last", "--out", str(target), "--force"]) == 0

@@ -37,6 +37,8 @@ def export_weights(run_dir: str | Path, which: str = "best", out: str | Path | N
         raise ExportError(f"{out} is a folder; --out names the .safetensors file to write")
     if out.exists() and not force:
         raise ExportError(f"{out} already exists; pass --force to replace it")
+    if out.exists() and not _is_export(out):
+        raise ExportError(f"{out} exists and is not an ltadv export; --force replaces only files ltadv wrote")
     model, record = load_run_model(run_dir, which)  # checks the weights fit the run's model
     epochs = record.get("epochs") or []
     epoch = record.get("best_epoch") if which == "best" else (epochs[-1]["epoch"] if epochs else None)
@@ -64,6 +66,14 @@ def export_weights(run_dir: str | Path, which: str = "best", out: str | Path | N
             raise save_error(out, e) from None
         raise
     return out
+
+
+def _is_export(path: Path) -> bool:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == FORMAT
+    except Exception:  # not a safetensors file at all
+        return False
 
 
 def load_exported(path: str | Path, device=None):
