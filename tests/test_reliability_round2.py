@@ -682,3 +682,17 @@ def test_export_force_replaces_only_an_earlier_export(work, capsys):
     target.unlink()
     assert main(["export", str(work / "at"), "--out", str(target)]) == 0
     assert main(["export", str(work / "at"), "--which", "last", "--out", str(target), "--force"]) == 0
+
+
+def test_report_never_overwrites_a_folder_it_did_not_write(trained, tmp_path, capsys):
+    shutil.copytree(trained, tmp_path / "runs" / "at")
+    mine = tmp_path / "paper"
+    mine.mkdir()
+    (mine / "methods.md").write_text("my hand-written table")
+    before = snapshot(tmp_path)
+    rc, err = run_cli(capsys, ["report", tmp_path / "runs", "--out", mine, "--no-figures"])
+    assert_one_error_line(rc, err, "holds no earlier ltadv report")
+    assert snapshot(tmp_path) == before
+    out = tmp_path / "rep"
+    for _ in range(2):  # its own earlier report is rewritten
+        assert main(["report", str(tmp_path / "runs"), "--out", str(out), "--no-figures"]) == 0

@@ -504,6 +504,15 @@ class Report:
     groups: list[Group]
 
 
+def _is_report(folder: Path) -> bool:
+    """A folder an earlier ``ltadv report`` wrote (its report.md starts as ours do)."""
+    try:
+        with open(folder / "report.md", encoding="utf-8") as f:
+            return f.read(10) == "# Report: "
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def write_report(runs_dir: str | Path, out: str | Path | None = None, formats=("md", "csv", "tex"),
                  relative_to: str | None = None, figures: bool = True, log=print) -> Report:
     """Everything ``ltadv report`` writes: each table in each format, ``report.md`` with all tables
@@ -518,6 +527,11 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, formats=("
     groups = group_runs(runs)
     tables = report_tables(groups, relative_to)  # before writing, so a bad --relative-to leaves no files
     out = Path(out) if out is not None else Path(runs_dir) / "report"
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"report output {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not _is_report(out):
+        raise ReportError(f"report output folder {out} is not empty and holds no earlier ltadv report "
+                          f"(report.md); choose an empty or new --out, so no file of yours is overwritten")
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for t in tables:
