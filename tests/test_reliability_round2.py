@@ -696,3 +696,12 @@ def test_report_never_overwrites_a_folder_it_did_not_write(trained, tmp_path, ca
     out = tmp_path / "rep"
     for _ in range(2):  # its own earlier report is rewritten
         assert main(["report", str(tmp_path / "runs"), "--out", str(out), "--no-figures"]) == 0
+
+
+def test_sweep_into_a_folder_that_is_not_a_sweep_is_refused(work, tmp_path, capsys):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(json.dumps({"base": {"data.name": "digits-lt", "train.epochs": 1}, "cells": {"at": {}}}))
+    before = snapshot(work)
+    rc, err = run_cli(capsys, ["sweep", spec, "--out", work])  # the user's runs folder holding "at"
+    assert_one_error_line(rc, err, "is not an earlier sweep's folder")
+    assert snapshot(work) == before

@@ -157,6 +157,9 @@ def run_sweep(spec_name: str, out: str | Path | None = None, overrides: dict[str
         except ConfigError as e:
             raise ConfigError(f"sweep cell {name!r}: {e}") from None
     cell_dir = out / "_cells"
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not cell_dir.is_dir())):
+        raise SweepError(f"sweep output {out} exists and is not an earlier sweep's folder (no _cells/ in it); "
+                         f"choose a new or empty --out")
     cell_dir.mkdir(parents=True, exist_ok=True)
     for i, (name, cfg) in enumerate(configs.items(), 1):
         run_dir = out / name
