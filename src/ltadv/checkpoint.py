@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .results import main_process_only
+from .results import SaveError, main_process_only, save_error
 
 # What ``train`` needs from ``last.pt``; a file without them is not an ltadv training state.
 STATE_KEYS = ("model", "optimizer", "rng", "epoch", "config", "class_counts")
@@ -21,16 +22,23 @@ class CheckpointError(ValueError):
 
 
 def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        raise save_error(path, e) from None
     try:
         write(tmp)
         with open(tmp, "rb") as f:  # on disk before the rename, so a crash leaves the old or the new file
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, SaveError):
+            raise save_error(path, e) from None  # disk full, no permission: one line, old file kept
+        if isinstance(e, RuntimeError) and "No space left" in str(e):  # torch.save wraps the OSError
+            raise save_error(path, OSError(28, "No space left on device")) from None
         raise
 
 
@@ -72,11 +80,67 @@ def save_weights(path: str | Path, model: torch.nn.Module) -> None:
     _atomic(Path(path), lambda tmp: save_file(state, tmp))
 
 
-def load_weights(path: str | Path, model: torch.nn.Module) -> torch.nn.Module:
-    """Load safetensors weights into ``model``; a clear error when they belong to another model."""
+def header_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes from a safetensors file's header (no tensor is read)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for a damaged header
+        raise CheckpointError(f"cannot read weights {path}: {str(e).splitlines()[0] if str(e) else e}") from None
+
+
+def check_header(path: str | Path, expected: dict[str, tuple[int, ...]]) -> None:
+    """The file's tensors are exactly ``expected`` (names and shapes), read from its header only."""
+    found = header_shapes(path)
+    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    shapes = [k for k in expected if k in found and found[k] != tuple(expected[k])]
+    if missing or extra or shapes:
+        if missing or extra:
+            detail = f"missing {missing[:2]}" if missing else f"unexpected {extra[:2]}"
+        else:
+            k = shapes[0]
+            detail = f"shape of {k} is {found[k]}, the model described with it has {tuple(expected[k])}"
+        raise CheckpointError(f"checkpoint {path} is from another model or class count ({detail})")
+
+
+MAX_CLASSES = 100_000  # far above any dataset here; a larger claim in a file is damage, not a model
+
+
+def check_model_meta(meta, source: str) -> None:
+    """``model_meta`` from a record or an export is well-typed and in range, before a model is built."""
+    def bad(msg: str):
+        raise CheckpointError(f"{source}: model_meta {msg}")
+
+    if not isinstance(meta, dict):
+        bad(f"is a {type(meta).__name__}, not a mapping")
+    for k in ("num_classes", "in_channels", "image_size", "head", "mean", "std"):
+        if k not in meta:
+            bad(f"has no {k!r}")
+    for k, hi in (("num_classes", MAX_CLASSES), ("in_channels", 64), ("image_size", 4096)):
+        v = meta[k]
+        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= hi:
+            bad(f"{k} must be an integer in [1, {hi}], got {v!r}")
+    if meta["head"] not in ("linear", "cosine"):
+        bad(f"head must be linear or cosine, got {meta['head']!r}")
+    for k in ("mean", "std"):
+        v = meta[k]
+        if (not isinstance(v, list) or len(v) != meta["in_channels"]
+                or not all(isinstance(x, int | float) and not isinstance(x, bool) and abs(x) < 1e6 for x in v)):
+            bad(f"{k} must be {meta['in_channels']} numbers (one per channel), got {v!r}")
+    if not all(x > 0 for x in meta["std"]):
+        bad(f"std must be > 0, got {meta['std']}")
+
+
+def load_weights(path: str | Path, model: torch.nn.Module) -> torch.nn.Module:
+    """Load safetensors weights into ``model``; a clear error when they belong to another model
+    (compared from the file's header, before any tensor is read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights not found: {path}")
+    check_header(path, {k: tuple(v.shape) for k, v in model.state_dict().items()})
     try:
         state = load_file(str(path))
     except Exception as e:

@@ -70,7 +70,9 @@ def _add_run_flags(p: argparse.ArgumentParser, multi_method: bool = False) -> No
     g.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<time>-<data>-<method>)")
     g.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR (or --out) from its last checkpoint")
-    g.add_argument("--force", action="store_true", help="start again in an existing run folder, deleting it")
+    g.add_argument("--force", action="store_true",
+                   help="start again in an existing run folder, deleting only what ltadv made there "
+                        "(record, checkpoints, eval state)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -429,7 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--attacks", default=None, help="comma-separated attacks (default: the run's eval.attacks)")
     ph.add_argument("--n", type=int, default=None, help="evaluate the first N test images")
     ph.add_argument("--device", default=None)
-    ph.add_argument("--force", action="store_true", help="replace an existing output folder")
+    ph.add_argument("--force", action="store_true",
+                    help="replace an earlier ltadv run in the output folder (its files only)")
     ph.set_defaults(func=cmd_posthoc)
     return p
 
@@ -455,9 +458,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ltadv: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except OSError as e:  # disk full, no permission, a path that is a folder: one line, never a traceback
+        if os.environ.get("LTADV_DEBUG"):
+            raise
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"ltadv: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
         print("ltadv: interrupted; the last finished epoch is checkpointed (continue with --resume)", file=sys.stderr)
-        return 130
+        return 128 + getattr(e, "signum", 2)
 
 
 if __name__ == "__main__":

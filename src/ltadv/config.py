@@ -13,6 +13,7 @@ Unknown keys and values of the wrong type are a :class:`ConfigError` naming the 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -225,8 +226,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, str):
             try:
                 return _parse_number(value)
-            except ValueError:
-                pass
+            except ValueError as e:
+                if "divides by zero" in str(e):
+                    raise ConfigError(f"{key}: {e}") from None
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -241,6 +243,8 @@ def _parse_number(text: str) -> float:
     """``"8/255"`` or ``"0.03"`` -> float: fractions are how eps is usually written."""
     if "/" in text:
         num, den = text.split("/", 1)
+        if float(den) == 0:
+            raise ValueError(f"{text!r} divides by zero")
         return float(num) / float(den)
     return float(text)
 
@@ -417,8 +421,43 @@ def from_dict(raw: dict[str, Any]) -> Config:
     return cfg
 
 
+SEED_MAX = 2**32 - 1  # numpy's global generator takes seeds in [0, 2**32)
+
+
+def _check_finite(cfg: Config) -> None:
+    """Every float field is finite (NaN or inf would train to a NaN model), plus the ranges a
+    non-finite guard relies on: the seed's, the optimiser's."""
+    def walk(obj, prefix: str):
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            key = f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(v):
+                yield from walk(v, f"{key}.")
+            elif isinstance(v, tuple):
+                yield from ((key, x) for x in v if isinstance(x, float))
+            elif isinstance(v, float):
+                yield key, v
+
+    for key, v in walk(cfg, ""):
+        if not math.isfinite(v):
+            raise ConfigError(f"{key} must be a finite number, got {v}")
+    checks = [
+        (0 <= cfg.seed <= SEED_MAX, f"seed must be in [0, {SEED_MAX}], got {cfg.seed}"),
+        (cfg.optim.momentum >= 0, f"optim.momentum must be >= 0, got {cfg.optim.momentum}"),
+        (cfg.optim.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {cfg.optim.weight_decay}"),
+        (cfg.optim.lr_decay > 0, f"optim.lr_decay must be > 0, got {cfg.optim.lr_decay}"),
+        (cfg.train.epochs <= 1_000_000, f"train.epochs must be <= 1000000, got {cfg.train.epochs}"),
+        (cfg.attack.steps <= 1_000_000, f"attack.steps must be <= 1000000, got {cfg.attack.steps}"),
+        (cfg.eval.val_n is None or cfg.eval.val_n >= 1, f"eval.val_n must be >= 1, got {cfg.eval.val_n}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
 def validate(cfg: Config) -> None:
     """Range checks that need no registry; names are checked where the registries live."""
+    _check_finite(cfg)
     checks = [
         (cfg.attack.eps >= 0, f"attack.eps must be >= 0, got {cfg.attack.eps}"),
         (cfg.attack.alpha is None or cfg.attack.alpha > 0, f"attack.alpha must be > 0, got {cfg.attack.alpha}"),

@@ -262,8 +262,12 @@ def merge_saved_flags(path: str | Path, key: str, flags: dict[str, torch.Tensor]
             state = ckpt.load_state(path)
             if state.get("key") == key:
                 saved = dict(state["flags"])
-        except (ckpt.CheckpointError, KeyError, AttributeError):
+        except (ckpt.CheckpointError, KeyError, AttributeError, TypeError, ValueError):
             saved = {}
+    n = {len(v) for v in flags.values()}
+    # a damaged or edited file: keep only per-sample flag vectors of this evaluation's length
+    saved = {k: v for k, v in saved.items() if isinstance(k, str) and isinstance(v, torch.Tensor)
+             and v.dim() == 1 and len(n) == 1 and len(v) in n}
     merged = {**saved, **{k: v.detach().cpu().bool() for k, v in flags.items()}}
     ckpt.save_state(path, {"key": key, "flags": merged})
     return merged

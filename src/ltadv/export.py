@@ -15,8 +15,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from . import checkpoint as ckpt
-from .config import from_dict
-from .train import inference_model, load_run_model, make_model
+from .config import ConfigError, from_dict
+from .results import save_error
+from .train import build_checked, inference_model, load_run_model
 
 FORMAT = "ltadv-weights-1"
 
@@ -32,8 +33,12 @@ def export_weights(run_dir: str | Path, which: str = "best", out: str | Path | N
     out = Path(out) if out is not None else run_dir / f"{run_dir.name}-{which}.safetensors"
     if out.suffix != ".safetensors":
         raise ExportError(f"export file must end in .safetensors, got {out}")
+    if out.is_dir():
+        raise ExportError(f"{out} is a folder; --out names the .safetensors file to write")
     if out.exists() and not force:
         raise ExportError(f"{out} already exists; pass --force to replace it")
+    if out.exists() and not _is_export(out):
+        raise ExportError(f"{out} exists and is not an ltadv export; --force replaces only files ltadv wrote")
     model, record = load_run_model(run_dir, which)  # checks the weights fit the run's model
     epochs = record.get("epochs") or []
     epoch = record.get("best_epoch") if which == "best" else (epochs[-1]["epoch"] if epochs else None)
@@ -49,16 +54,29 @@ def export_weights(run_dir: str | Path, which: str = "best", out: str | Path | N
 
     bare = model.model if isinstance(model, LogitAdjusted) else model  # tau_p is re-applied from the config on load
     state = {k: v.detach().contiguous().cpu() for k, v in bare.state_dict().items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    os.close(fd)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+        os.close(fd)
+    except OSError as e:
+        raise save_error(out, e) from None
     try:
         save_file(state, tmp, metadata=metadata)
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise save_error(out, e) from None
         raise
     return out
+
+
+def _is_export(path: Path) -> bool:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == FORMAT
+    except Exception:  # not a safetensors file at all
+        return False
 
 
 def load_exported(path: str | Path, device=None):
@@ -74,10 +92,23 @@ def load_exported(path: str | Path, device=None):
     if meta.get("format") != FORMAT:
         raise ckpt.CheckpointError(f"{path} is not an ltadv export (no '{FORMAT}' metadata); "
                                    f"load a run folder instead")
-    cfg = from_dict(json.loads(meta["config"]))
-    model_meta = json.loads(meta["model_meta"])
-    model = make_model(cfg, model_meta)
+    fields = {}
+    for k, v in meta.items():
+        try:
+            fields[k] = v if k in ("format", "which") else json.loads(v)
+        except json.JSONDecodeError as e:
+            raise ckpt.CheckpointError(f"{path}: metadata {k!r} is not valid JSON ({e.msg})") from None
+    for k in ("config", "model_meta"):
+        if not isinstance(fields.get(k), dict):
+            raise ckpt.CheckpointError(f"{path}: metadata {k!r} is missing or not a mapping")
+    try:
+        cfg = from_dict(fields["config"])
+    except ConfigError as e:
+        raise ckpt.CheckpointError(f"{path}: the configuration in its metadata is not valid: {e}") from None
+    model = build_checked(cfg, fields["model_meta"], path, str(path))  # header shapes before allocating
     ckpt.load_weights(path, model)
-    model = inference_model(model, cfg, json.loads(meta["class_counts"]), model_meta["head"])  # as load_run_model
-    return model.to(device or "cpu").eval(), {k: (v if k in ("format", "which") else json.loads(v))
-                                               for k, v in meta.items()}
+    counts = fields.get("class_counts")
+    if not isinstance(counts, list) or len(counts) != fields["model_meta"].get("num_classes"):
+        raise ckpt.CheckpointError(f"{path}: metadata 'class_counts' is missing or does not match the model")
+    model = inference_model(model, cfg, counts, fields["model_meta"]["head"])  # as load_run_model (tau_p)
+    return model.to(device or "cpu").eval(), fields

@@ -18,7 +18,6 @@ config field applied when a run is loaded (``--method.tau_p`` at training or ``l
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch
@@ -31,8 +30,9 @@ from .data import build_data
 from .data.sampler import balanced_order
 from .evaluate import to_float
 from .models.heads import LinearHead
-from .results import RESULT, read_record, write_json_atomic
-from .train import CKPT_DIR, evaluate_run, make_model, pick_device
+from .results import RECORD_KEYS, RESULT, read_record, write_json_atomic
+from .rundir import RunGuard
+from .train import CKPT_DIR, build_checked, evaluate_run, pick_device
 
 
 class PosthocError(ValueError):
@@ -110,9 +110,15 @@ def run_posthoc(run_dir, out, tau_norm: float | None = None, lws_epochs: int | N
     if lws_epochs is not None and lws_epochs < 1:
         raise PosthocError(f"--lws-epochs must be >= 1, got {lws_epochs}")
     run_dir, out = Path(run_dir), Path(out)
-    if out.resolve() == run_dir.resolve():
+    src_abs, out_abs = run_dir.resolve(), out.resolve()
+    if out_abs == src_abs:
         raise PosthocError("the post-hoc output must be a new folder, not the source run")
-    record = read_record(run_dir)
+    if out_abs in src_abs.parents:
+        raise PosthocError(f"--out {out} holds the source run {run_dir}; the output must be a new folder beside it")
+    if src_abs in out_abs.parents:
+        raise PosthocError(f"--out {out} is inside the source run {run_dir}, which is never modified; "
+                           f"choose a folder outside it")
+    record = read_record(run_dir, required=RECORD_KEYS)
     cfg = from_dict(record["config"])
     sources = [w for w in ("best", "last") if (run_dir / CKPT_DIR / f"{w}.safetensors").is_file()]
     if not sources:
@@ -120,15 +126,23 @@ def run_posthoc(run_dir, out, tau_norm: float | None = None, lws_epochs: int | N
     device = device or pick_device(cfg.train.device)
     models = {}
     for which in sources:
-        model = make_model(cfg, record["model_meta"])
-        ckpt.load_weights(run_dir / CKPT_DIR / f"{which}.safetensors", model)
+        weights = run_dir / CKPT_DIR / f"{which}.safetensors"
+        model = build_checked(cfg, record["model_meta"], weights, f"run record {run_dir / RESULT}")
+        ckpt.load_weights(weights, model)
         _linear_head(model)
         models[which] = model.to(device).eval()
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise PosthocError(f"{out} already exists; pass --force to replace it")
-        shutil.rmtree(out)
     data = build_data(cfg.data, cfg.seed)
+    guard = RunGuard(out, log)  # --force replaces only an ltadv run folder, and only ltadv's files in it
+    try:
+        guard.start(resume=False, force=force)
+        return _write_posthoc(run_dir, out, record, cfg, models, data, tau_norm, lws_epochs, lws_lr, attacks, n,
+                              device, sources, log)
+    finally:
+        guard.close()
+
+
+def _write_posthoc(run_dir, out, record, cfg, models, data, tau_norm, lws_epochs, lws_lr, attacks, n, device,
+                   sources, log) -> dict:
     info: dict = {"source": str(run_dir), "scales": {}}
     for which, model in models.items():
         if tau_norm is not None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .results import RESULT
+from .rundir import run_state
 
 
 def _fmt(v, digits: int = 4) -> str:
@@ -106,15 +107,44 @@ def flatten(d: Mapping, prefix: str = "") -> dict:
     return out
 
 
+def _is_num(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+EPOCH_NUMBERS = ("epoch", "train_seconds", "eval_seconds", "peak_mem_mb")  # what the tables and figures read
+
+
+def check_record_values(rec: Mapping) -> None:
+    """The numbers the report reads are numbers (a ValueError naming the first that is not)."""
+    for attack, m in (rec.get("metrics") or {}).items():
+        for k, v in m.items():
+            if k in ("overall", "balanced", "worst", "head", "medium", "tail") and not (v is None or _is_num(v)):
+                raise ValueError(f"metrics.{attack}.{k} is {v!r}, not a number")
+        pc = m.get("per_class")
+        if pc is not None and not (isinstance(pc, list) and all(v is None or _is_num(v) for v in pc)):
+            raise ValueError(f"metrics.{attack}.per_class is not a list of numbers")
+    epochs = rec.get("epochs") or []
+    if not isinstance(epochs, list) or not all(isinstance(e, dict) for e in epochs):
+        raise ValueError("'epochs' is not a list of per-epoch records")
+    for i, e in enumerate(epochs):
+        for k in EPOCH_NUMBERS:
+            if not _is_num(e.get(k)):
+                raise ValueError(f"epochs[{i}].{k} is {e.get(k)!r}, not a number")
+    counts = rec.get("class_counts")
+    if counts is not None and not (isinstance(counts, list) and all(isinstance(c, int) for c in counts)):
+        raise ValueError("'class_counts' is not a list of integers")
+
+
 def load_records(runs_dir: str | Path, log=print) -> list[tuple[Path, dict]]:
     """[(run folder, record)] for every complete ``result.json`` under ``runs_dir`` (recursively, sorted).
 
-    An unfinished run is left out with a note; a file that is not a valid record gets a one-line
-    warning; neither stops the report."""
+    An unfinished run is left out with a note that tells running (its folder is locked by a live
+    process), stopped (killed), interrupted, failed (with the reason) and trained-not-evaluated runs
+    apart; a file that is not a valid record gets a one-line warning; neither stops the report."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise ReportError(f"runs folder not found: {runs_dir}")
-    found, incomplete = [], []
+    found, left_out = [], {}
     for path in sorted(runs_dir.rglob(RESULT)):
         try:
             rec = json.loads(path.read_text())
@@ -124,16 +154,25 @@ def load_records(runs_dir: str | Path, log=print) -> list[tuple[Path, dict]]:
             if not isinstance(metrics, dict) or not all(isinstance(m, dict) and "overall" in m
                                                         for m in metrics.values()):
                 raise ValueError("'metrics' is not {attack: {overall, ...}}")
+            check_record_values(rec)
         except (OSError, UnicodeDecodeError, ValueError) as e:
             msg = f"{e.msg}, line {e.lineno}" if isinstance(e, json.JSONDecodeError) else str(e)
             log(f"warning: skipping {path}: not a valid run record ({msg})")
             continue
         if rec.get("status", "complete") != "complete" or not rec.get("metrics"):
-            incomplete.append(path.parent)
+            state = run_state(path.parent, rec) if rec.get("status", "complete") != "complete" else "trained"
+            left_out.setdefault(state, []).append((path.parent, rec))
             continue
         found.append((path.parent, rec))
-    if incomplete:
-        log(f"note: skipping {len(incomplete)} unfinished run(s): {', '.join(str(p) for p in incomplete)}")
+    for state, runs in left_out.items():
+        what = {"running": "still running", "stopped": "stopped without finishing (killed? continue with --resume)",
+                "interrupted": "interrupted (continue with --resume)", "failed": "failed",
+                "trained": "trained but not evaluated"}.get(state, f"with status {state!r}")
+        if state == "failed":
+            names = "; ".join(f"{p} ({r.get('failure') or 'no reason recorded'})" for p, r in runs)
+        else:
+            names = ", ".join(str(p) for p, _ in runs)
+        log(f"note: skipping {len(runs)} run(s) {what}: {names}")
     return found
 
 
@@ -465,6 +504,15 @@ class Report:
     groups: list[Group]
 
 
+def _is_report(folder: Path) -> bool:
+    """A folder an earlier ``ltadv report`` wrote (its report.md starts as ours do)."""
+    try:
+        with open(folder / "report.md", encoding="utf-8") as f:
+            return f.read(10) == "# Report: "
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def write_report(runs_dir: str | Path, out: str | Path | None = None, formats=("md", "csv", "tex"),
                  relative_to: str | None = None, figures: bool = True, log=print) -> Report:
     """Everything ``ltadv report`` writes: each table in each format, ``report.md`` with all tables
@@ -479,6 +527,11 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, formats=("
     groups = group_runs(runs)
     tables = report_tables(groups, relative_to)  # before writing, so a bad --relative-to leaves no files
     out = Path(out) if out is not None else Path(runs_dir) / "report"
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"report output {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not _is_report(out):
+        raise ReportError(f"report output folder {out} is not empty and holds no earlier ltadv report "
+                          f"(report.md); choose an empty or new --out, so no file of yours is overwritten")
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for t in tables:

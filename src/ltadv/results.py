@@ -15,6 +15,18 @@ from pathlib import Path
 from typing import Any
 
 RESULT = "result.json"
+RECORD_KEYS = ("config", "model_meta", "class_counts")  # what loading a run's model needs from its record
+
+
+class SaveError(OSError):
+    """Writing a result or checkpoint failed (disk full, no permission); the message is one line."""
+
+
+def save_error(path: Path, e: OSError) -> SaveError:
+    why = e.strerror or str(e) or type(e).__name__
+    err = SaveError(f"cannot write {path}: {why}; the previous version of the file is intact")
+    err.errno = e.errno
+    return err
 
 
 def is_main_process() -> bool:
@@ -36,30 +48,43 @@ def main_process_only(fn):
 @main_process_only
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as e:
+        raise save_error(path, e) from None
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, SaveError):
+            raise save_error(path, e) from None
         raise
 
 
-def read_record(run_dir: str | Path) -> dict[str, Any]:
-    """The record of a run folder; a ValueError naming the file when it is missing or not JSON."""
+def read_record(run_dir: str | Path, required: tuple[str, ...] = ("config",)) -> dict[str, Any]:
+    """The record of a run folder; a ValueError naming the file when it is missing, not JSON, or lacks
+    one of the ``required`` entries."""
     path = Path(run_dir) / RESULT
     if not path.is_file():
         raise ValueError(f"no run record at {path}")
     try:
         rec = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read run record {path}: {getattr(e, 'strerror', None) or e}") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"run record {path} is not valid JSON ({e.msg}, line {e.lineno})") from None
-    if not isinstance(rec, dict) or "config" not in rec:
-        raise ValueError(f"run record {path} has no 'config' entry")
+    if not isinstance(rec, dict):
+        raise ValueError(f"run record {path} holds a {type(rec).__name__}, not a record")
+    for key in ("config", *required):
+        if key not in rec:
+            raise ValueError(f"run record {path} has no {key!r} entry")
+    if not isinstance(rec["config"], dict):
+        raise ValueError(f"run record {path}: 'config' is not a mapping")
     return rec
 
 

@@ -34,8 +34,10 @@ import yaml
 from .config import ConfigError, load_config, read_yaml, to_dict
 from .report import format_table, write_report
 from .results import read_record
+from .rundir import RunDirError, check_plain_name
 
 SPEC_KEYS = {"name", "base", "cells", "grid", "relative_to", "description"}
+RESERVED = {"_cells", "report", "summary.md"}  # what the sweep itself writes under OUT
 
 
 class SweepError(RuntimeError):
@@ -57,11 +59,34 @@ def load_spec(spec: str) -> dict[str, Any]:
         data = yaml.safe_load(res.read_text()) or {}
     else:
         data = read_yaml(path)
+    where = f"sweep file {path}" if path.is_file() else f"sweep preset {spec!r}"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must hold a mapping of keys, not {type(data).__name__}")
     unknown = sorted(set(data) - SPEC_KEYS)
     if unknown:
-        raise ConfigError(f"unknown sweep key {unknown[0]!r}; known: {', '.join(sorted(SPEC_KEYS))}")
+        raise ConfigError(f"unknown sweep key {unknown[0]!r} in {where}; known: {', '.join(sorted(SPEC_KEYS))}")
     data.setdefault("name", path.stem if path.is_file() else spec)
+    _check_types(data, where)
     return data
+
+
+def _check_types(spec: dict[str, Any], where: str) -> None:
+    """The sweep file's shape, and its names as plain folder names (a cell is a folder under --out)."""
+    for key, tp, what in (("base", dict, "a mapping of overrides"), ("cells", dict, "a mapping of cell name -> "
+                          "overrides"), ("grid", dict, "a mapping of key -> list of values"),
+                          ("name", str, "a string"), ("relative_to", str, "a string"),
+                          ("description", str, "a string")):
+        if spec.get(key) is not None and not isinstance(spec[key], tp):
+            raise ConfigError(f"{where}: {key!r} must be {what}, got {type(spec[key]).__name__}")
+    for name, ov in (spec.get("cells") or {}).items():
+        if ov is not None and not isinstance(ov, dict):
+            raise ConfigError(f"{where}: cell {name!r} must be a mapping of overrides, got {type(ov).__name__}")
+    try:
+        check_plain_name(str(spec["name"]), f"{where}: sweep name")
+        for name in spec.get("cells") or {}:
+            check_plain_name(name, f"{where}: cell name")
+    except RunDirError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -91,12 +116,20 @@ def expand(spec: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     for name, ov in cells:
         for values in itertools.product(*(grid[k] for k in keys)):
             parts = [name] if name else []
-            parts += [f"{_short(k)}={v}" for k, v in zip(keys, values)]
+            # a value such as 8/255 or a path must not make a sub-folder: separators become '_'
+            parts += [f"{_short(k)}={v}".replace("/", "_").replace("\\", "_") for k, v in zip(keys, values)]
             cell = name if not keys else "__".join(parts)
             out.append((cell or "run", {**base, **ov, **dict(zip(keys, values))}))
     names = [n for n, _ in out]
     if len(set(names)) != len(names):
         raise ConfigError("sweep cells have clashing names")
+    for n in names:
+        try:
+            check_plain_name(n, "sweep cell")
+        except RunDirError as e:
+            raise ConfigError(str(e)) from None
+        if n in RESERVED:
+            raise ConfigError(f"sweep cell name {n!r} is taken by the sweep's own output; rename the cell")
     return out
 
 
@@ -124,6 +157,9 @@ def run_sweep(spec_name: str, out: str | Path | None = None, overrides: dict[str
         except ConfigError as e:
             raise ConfigError(f"sweep cell {name!r}: {e}") from None
     cell_dir = out / "_cells"
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not cell_dir.is_dir())):
+        raise SweepError(f"sweep output {out} exists and is not an earlier sweep's folder (no _cells/ in it); "
+                         f"choose a new or empty --out")
     cell_dir.mkdir(parents=True, exist_ok=True)
     for i, (name, cfg) in enumerate(configs.items(), 1):
         run_dir = out / name

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import math
 import resource
-import shutil
 import time
 from pathlib import Path
 
@@ -36,24 +35,34 @@ from .evaluate import (
 from .fast import EvalView, eval_view, keep_freed_memory
 from .methods import METHODS
 from .models import MODELS, Classifier, build_model, posthoc
+from .nonfinite import check_weights, finite_loss
 from .registry import lookup
-from .results import RESULT, git_commit, read_record, write_json_atomic
+from .results import RECORD_KEYS, RESULT, git_commit, read_record, write_json_atomic
+from .rundir import CKPT_DIR, EVAL_STATE, SUBSET_FILE, RunDirError, RunGuard, RunLock, guarded_run
 
-CKPT_DIR = "checkpoints"
-EVAL_STATE = "eval_state"  # resumable attack state and per-sample flags, per checkpoint
-SUBSET_FILE = "subset.npz"  # the long-tailed subset's image indices (train_indices, val_indices)
-
-
-class RunDirError(ValueError):
-    """The run folder cannot be used as asked (exists without --resume/--force, unwritable, ...)."""
+__all__ = ["CKPT_DIR", "EVAL_STATE", "RunDirError", "evaluate_run", "load_run_model", "train"]
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda`` | ``cuda:N`` | ``mps``: a device that exists here, else a ConfigError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device is {name!r} but CUDA is not available")
-    return torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device is {name!r} but CUDA is not available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} "
+                              f"CUDA device(s)")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"device {name!r} is not available here")
+    elif dev.type != "cpu":
+        raise ConfigError(f"device {name!r} is not supported; use auto, cpu, cuda, cuda:N or mps")
+    return dev
 
 
 def check_names(cfg: Config) -> None:
@@ -66,7 +75,9 @@ def check_names(cfg: Config) -> None:
     from .attacks import ATTACKS
 
     for a in (*cfg.eval.attacks, cfg.eval.val_attack):
-        lookup(ATTACKS, a, "attack")
+        check = getattr(lookup(ATTACKS, a, "attack"), "check", None)
+        if check is not None:
+            check()  # an optional dependency is missing: say so before the run folder is touched
 
 
 def autocast_for(cfg: Config, device: torch.device):
@@ -171,21 +182,15 @@ def inference_model(model, cfg: Config, class_counts, head: str):
     return posthoc(model, class_counts, cfg.method.tau_p, scale=scale)
 
 
-def prepare_run_dir(out: Path, resume: bool, force: bool) -> None:
-    """Never overwrite an existing run unless asked: --resume continues it, --force starts it again."""
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"output path {out} exists and is not a folder")
-    has_run = out.is_dir() and any(out.iterdir())
-    if has_run and not (resume or force):
-        raise RunDirError(f"run directory {out} already exists; pass --resume to continue it or --force to "
-                          f"start it again")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise RunDirError(f"output folder {out} is not writable: {e.strerror}") from None
+def build_checked(cfg: Config, meta, weights: Path, source: str) -> Classifier:
+    """``make_model`` after checking ``meta`` and the tensor shapes in ``weights``' header against a
+    model built on the meta device: a file claiming 10 million classes is refused before allocating."""
+    ckpt.check_model_meta(meta, source)
+    lookup(MODELS, cfg.model.name, "model")
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in make_model(cfg, meta).state_dict().items()}
+    ckpt.check_header(weights, shapes)
+    return make_model(cfg, meta)
 
 
 def _rng_state() -> dict:
@@ -194,14 +199,6 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict | None) -> None:
     reproducibility.restore_rng(state)
-
-
-def start_run_dir(out: Path, resume: bool, force: bool) -> None:
-    """Check the run folder (see :func:`prepare_run_dir`); --force without --resume clears the old run."""
-    prepare_run_dir(out, resume, force)
-    if force and not resume:
-        for p in (out / RESULT, out / CKPT_DIR):
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def saved_run_state(out: Path, cfg: Config) -> tuple[dict | None, Config]:
@@ -231,8 +228,17 @@ def saved_run_state(out: Path, cfg: Config) -> tuple[dict | None, Config]:
 
 
 def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = False, log=print) -> dict:
-    """Train (or continue) one run in ``out``; returns the run record also written to ``out/result.json``."""
-    out = Path(out)
+    """Train (or continue) one run in ``out``; returns the run record also written to ``out/result.json``.
+
+    The folder is locked while this runs (a second writer gets one line naming this PID); a run stopped
+    by Ctrl-C / SIGTERM is recorded ``interrupted``, one stopped by an error (a non-finite loss, ...)
+    ``failed`` with the reason (ltadv.rundir, ltadv.nonfinite).
+    """
+    with guarded_run(out, log) as guard:
+        return _train(cfg, Path(out), resume, force, log, guard)
+
+
+def _train(cfg: Config, out: Path, resume: bool, force: bool, log, guard: RunGuard) -> dict:
     check_names(cfg)
     device = pick_device(cfg.train.device)
     state = None
@@ -247,7 +253,10 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     data = build_data(cfg.data, cfg.seed)  # data errors surface before the run folder is touched
     if state is not None and list(state["class_counts"]) != data.class_counts:
         raise ckpt.CheckpointError(f"checkpoint in {out} was trained on other class counts {state['class_counts']}")
-    dctx.run_on_main(start_run_dir, out, resume, force)
+    if cfg.eval.select_on == "val" and len(data.y_val) == 0:
+        raise ConfigError("eval.select_on val, but the subset has no validation images "
+                          "(set data.val_per_class, or eval.select_on test or last)")
+    dctx.run_on_main(guard.start, resume, force, cfg.to_dict())  # checks, locks, --force clears ltadv's files
 
     reproducibility.seed_everything(cfg.seed, dctx.rank)
     method = METHODS[cfg.method.name](cfg, data.class_counts)
@@ -273,9 +282,6 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     # Selection split: the held-out validation set, or the test set when reproducing the reference
     # (``last``: no per-epoch evaluation, the last epoch is the result, as RoBal, TRADES and MART report).
     x_sel, y_sel = (data.x_val, data.y_val) if cfg.eval.select_on == "val" else (data.x_test, data.y_test)
-    if cfg.eval.select_on == "val" and len(y_sel) == 0:
-        raise ckpt.CheckpointError("eval.select_on val, but the subset has no validation images "
-                                   "(set data.val_per_class, or eval.select_on test or last)")
     if cfg.eval.val_n is not None:
         x_sel, y_sel = x_sel[: cfg.eval.val_n], y_sel[: cfg.eval.val_n]
     eps_eval = cfg.attack.eps if cfg.eval.eps is None else cfg.eval.eps
@@ -326,6 +332,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
     x_train = data.x_train.to(device)
     y_train = data.y_train.to(device)
     bs = dctx.local_batch(cfg.optim.batch_size)  # optim.batch_size is the global batch
+    guard.begun = True  # from here an interruption or error is written into the record
     for epoch in range(start_epoch, cfg.train.epochs):
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, epoch)
@@ -351,12 +358,13 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             out_m = train_step(model, loss_fwd, attack_model, method, opt, x, target, autocast, scaler)
-            total_loss += float(out_m["loss"].detach()) * len(idx)
+            total_loss += finite_loss(out_m["loss"], cfg, epoch, i // bs) * len(idx)  # NaN/inf: stop, save nothing
             hard = target if target.dim() == 1 else target.argmax(1)
             total_correct += int((out_m["logits"].detach().argmax(1) == hard).sum())
             seen += len(idx)
             bar.set_postfix(loss=f"{total_loss / seen:.3f}")
         total_loss, total_correct, seen = dctx.all_sum(total_loss, total_correct, seen)
+        check_weights(model, cfg, epoch)
         method.end_epoch()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -480,10 +488,11 @@ def load_run_model(run_dir: str | Path, which: str = "best", device=None) -> tup
     if which not in ("best", "last"):
         raise ValueError(f"which must be 'best' or 'last', got {which!r}")
     run_dir = Path(run_dir)
-    record = read_record(run_dir)
+    record = read_record(run_dir, required=RECORD_KEYS)
     cfg = from_dict(record["config"])
-    model = make_model(cfg, record["model_meta"])
-    ckpt.load_weights(run_dir / CKPT_DIR / f"{which}.safetensors", model)
+    weights = run_dir / CKPT_DIR / f"{which}.safetensors"
+    model = build_checked(cfg, record["model_meta"], weights, f"run record {run_dir / RESULT}")
+    ckpt.load_weights(weights, model)
     model = inference_model(model, cfg, record["class_counts"], record["model_meta"]["head"])  # RoBal-N's tau_p
     model = model.to(device or "cpu").eval()
     return model, record
@@ -506,9 +515,23 @@ def evaluate_run(
     sanity-check warnings per checkpoint (also logged); with ``sweep_eps``, ``record["eps_sweep"]``
     PGD-20 accuracy at eps x 1, 2, 4, 8. Cascade attacks (``aa``) keep resumable state under
     ``RUN_DIR/eval_state/<checkpoint>/``, so an interrupted AutoAttack continues where it stopped.
+    The run folder is locked meanwhile (one writer at a time).
     """
     run_dir = Path(run_dir)
-    record = read_record(run_dir)
+    read_record(run_dir, required=RECORD_KEYS)  # a missing run is named before a lock file is made
+    with RunLock(run_dir, log):
+        return _evaluate_run(run_dir, attacks, checkpoints, n, data, device, log, sweep_eps)
+
+
+def _finished(record: dict, cfg: Config) -> bool:
+    """Training is over (so evaluating it completes the run): not a failed or cut-short run."""
+    if record.get("status") in ("trained", "complete"):
+        return True
+    return record.get("status") != "failed" and len(record.get("epochs") or []) >= cfg.train.epochs
+
+
+def _evaluate_run(run_dir: Path, attacks, checkpoints, n, data, device, log, sweep_eps) -> dict:
+    record = read_record(run_dir, required=RECORD_KEYS)
     cfg = from_dict(record["config"])
     for a in attacks:
         from .attacks import ATTACKS
@@ -516,7 +539,7 @@ def evaluate_run(
         check = getattr(lookup(ATTACKS, a, "attack"), "check", None)
         if check is not None:
             check()  # an optional dependency is missing: fail before any work
-    device = device or pick_device(cfg.train.device)
+    device = pick_device(device) if isinstance(device, str) else (device or pick_device(cfg.train.device))
     if torch.device(device).type == "cpu":
         keep_freed_memory()
     if data is None:
@@ -559,6 +582,7 @@ def evaluate_run(
         record["eps_sweep"] = sweeps
     record["metrics"] = by_ckpt.get("best") or by_ckpt.get("last")
     record["eval"] = {"eps": eps, "n": int(len(y))}
-    record["status"] = "complete"
+    if _finished(record, cfg):
+        record["status"] = "complete"
     write_json_atomic(run_dir / RESULT, record)
     return record

@@ -137,7 +137,21 @@ def _save_atomic(path: Path, state: dict) -> None:
         raise
 
 
-def _load_state(path: Path | None, key: str, log) -> dict | None:
+def _valid_state(state: dict, n: int | None, n_stages: int | None) -> bool:
+    """The fields run_cascade reads, with the types and lengths it needs (a tampered file is not trusted)."""
+    try:
+        vecs = [state[k] for k in ("flags", "start_flags", "broken_by")]
+        ok = all(isinstance(v, torch.Tensor) and v.dim() == 1 and (n is None or len(v) == n) for v in vecs)
+        ok = ok and state["flags"].dtype == torch.bool and state["start_flags"].dtype == torch.bool
+        ok = ok and not state["broken_by"].is_floating_point()
+        ok = ok and isinstance(state["stage"], int) and 0 <= state["stage"] <= (n_stages or state["stage"])
+        return ok and isinstance(state["batches_done"], int) and state["batches_done"] >= 0 \
+            and isinstance(state["seconds"], float | int)
+    except (KeyError, TypeError):
+        return False
+
+
+def _load_state(path: Path | None, key: str, log, n: int | None = None, n_stages: int | None = None) -> dict | None:
     if path is None or not path.is_file():
         return None
     try:
@@ -147,6 +161,9 @@ def _load_state(path: Path | None, key: str, log) -> dict | None:
         return None
     if not isinstance(state, dict) or state.get("key") != key:
         log(f"attack state {path} belongs to other weights, data or settings; starting again")
+        return None
+    if not _valid_state(state, n, n_stages):
+        log(f"attack state {path} is damaged (fields of the wrong type or length); starting again")
         return None
     return state
 
@@ -181,7 +198,7 @@ def run_cascade(
     names = [n for n, _ in stages]
     device = _device(model)
     state_path = Path(state_path) if state_path is not None else None
-    state = _load_state(state_path, key, log) if state_path is not None else None
+    state = _load_state(state_path, key, log, len(y), len(names)) if state_path is not None else None
     x_adv = x.float().div(255) if x.dtype == torch.uint8 else x.detach().clone().float()
     with frozen(model):
         if state is None:

@@ -67,6 +67,19 @@ def _read(name: str, root: str | None):
     return reader(root)
 
 
+def check_labels(name: str, ytr, yte) -> int:
+    """Number of training classes; test labels must all be among them (none dropped without a word)."""
+    if len(ytr) == 0 or len(yte) == 0:
+        raise DataError(f"{name}: the {'training' if len(ytr) == 0 else 'test'} split is empty")
+    if min(int(ytr.min()), int(yte.min())) < 0:
+        raise DataError(f"{name}: negative class labels in the data")
+    available = int(ytr.max()) + 1
+    if int(yte.max()) >= available:
+        raise DataError(f"{name}: test labels go up to {int(yte.max())} but the training split has classes "
+                        f"0..{available - 1} only")
+    return available
+
+
 def build_data(cfg: Data, seed: int) -> LTData:
     """Read the dataset and draw the long-tailed subset fixed by (dataset, profile, IR, n_max, subset seed).
 
@@ -76,7 +89,7 @@ def build_data(cfg: Data, seed: int) -> LTData:
     ``core/data/split/*.npz`` and of the ``subset.npz`` every ltadv run writes).
     """
     xtr, ytr, xte, yte = _read(cfg.name, cfg.root)
-    available = int(ytr.max()) + 1
+    available = check_labels(cfg.name, ytr, yte)
     num_classes = cfg.num_classes or available
     if num_classes > available:
         raise DataError(f"data.num_classes is {num_classes} but {cfg.name} has only {available} classes")
@@ -207,7 +220,7 @@ def load_split(
     cfg = load_config(overrides=overrides)
     if split == "test":
         xtr, ytr, xte, yte = _read(cfg.data.name, cfg.data.root)
-        k = cfg.data.num_classes or int(ytr.max()) + 1
+        k = cfg.data.num_classes or check_labels(cfg.data.name, ytr, yte)
         keep = yte < k
         x, y = torch.from_numpy(np.ascontiguousarray(xte[keep])), torch.from_numpy(yte[keep])
     else:

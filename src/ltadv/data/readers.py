@@ -77,7 +77,39 @@ def _find_folder(root: str | None, folder: str, dataset: str) -> Path:
     raise DataError(f"data folder {r} does not contain {folder}/ ({dataset} in its standard layout)")
 
 
-def _cifar_batches(folder: Path, files: list[str], label_key: str) -> tuple[np.ndarray, np.ndarray]:
+def as_pixels(x, path: Path) -> np.ndarray:
+    """``x`` as uint8 pixels; values outside 0..255 (or not whole numbers) are an error, never wrapped."""
+    try:
+        x = np.asarray(x)
+    except (ValueError, TypeError) as e:
+        raise DataError(f"corrupt dataset file {path}: pixel data is not an array ({e})") from None
+    if x.dtype == np.uint8:
+        return x
+    if x.dtype.kind not in "iuf" or (x.dtype.kind == "f" and not np.isfinite(x).all()):
+        raise DataError(f"corrupt dataset file {path}: pixel data of type {x.dtype} (expected uint8 0..255)")
+    if x.size and (x.min() < 0 or x.max() > 255 or not np.array_equal(x, np.round(x))):
+        raise DataError(f"corrupt dataset file {path}: pixel values from {x.min()} to {x.max()}, expected "
+                        f"whole numbers 0..255")
+    return x.astype(np.uint8)
+
+
+def as_labels(y, path: Path, num_classes: int) -> np.ndarray:
+    """``y`` as int64 labels in 0..num_classes-1; anything else names the file and the value."""
+    try:
+        y = np.asarray(y)
+    except (ValueError, TypeError) as e:
+        raise DataError(f"corrupt dataset file {path}: labels are not a list of integers ({e})") from None
+    if y.ndim != 1 or y.dtype.kind not in "iu":
+        raise DataError(f"corrupt dataset file {path}: labels must be a flat list of integers, got {y.dtype} "
+                        f"shaped {y.shape}")
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise DataError(f"corrupt dataset file {path}: labels from {y.min()} to {y.max()}, expected 0.."
+                        f"{num_classes - 1}")
+    return y.astype(np.int64)
+
+
+def _cifar_batches(folder: Path, files: list[str], label_key: str,
+                   num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [], []
     for name in files:
         path = folder / name
@@ -86,8 +118,8 @@ def _cifar_batches(folder: Path, files: list[str], label_key: str) -> tuple[np.n
         d = safe_unpickle(path)
         if "data" not in d or label_key not in d:
             raise DataError(f"corrupt dataset file {path}: no 'data' / '{label_key}' entries")
-        x = np.asarray(d["data"], dtype=np.uint8)
-        y = np.asarray(d[label_key], dtype=np.int64)
+        x = as_pixels(d["data"], path)
+        y = as_labels(d[label_key], path, num_classes)
         if x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or len(x) != len(y):
             raise DataError(f"corrupt dataset file {path}: data shape {x.shape}, {len(y)} labels")
         xs.append(x.reshape(-1, 3, 32, 32))
@@ -98,16 +130,16 @@ def _cifar_batches(folder: Path, files: list[str], label_key: str) -> tuple[np.n
 @register(READERS, "cifar10-lt")
 def read_cifar10(root: str | None):
     folder = _find_folder(root, "cifar-10-batches-py", "CIFAR-10")
-    xtr, ytr = _cifar_batches(folder, [f"data_batch_{i}" for i in range(1, 6)], "labels")
-    xte, yte = _cifar_batches(folder, ["test_batch"], "labels")
+    xtr, ytr = _cifar_batches(folder, [f"data_batch_{i}" for i in range(1, 6)], "labels", 10)
+    xte, yte = _cifar_batches(folder, ["test_batch"], "labels", 10)
     return xtr, ytr, xte, yte
 
 
 @register(READERS, "cifar100-lt")
 def read_cifar100(root: str | None):
     folder = _find_folder(root, "cifar-100-python", "CIFAR-100")
-    xtr, ytr = _cifar_batches(folder, ["train"], "fine_labels")
-    xte, yte = _cifar_batches(folder, ["test"], "fine_labels")
+    xtr, ytr = _cifar_batches(folder, ["train"], "fine_labels", 100)
+    xte, yte = _cifar_batches(folder, ["test"], "fine_labels", 100)
     return xtr, ytr, xte, yte
 
 
@@ -115,14 +147,34 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("LTADV_CACHE", Path.home() / ".cache" / "ltadv"))
 
 
+TINY_SIZE = 64
+
+
 def _read_image(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
-    except (UnidentifiedImageError, OSError) as e:
+            x = np.asarray(im.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
         raise DataError(f"corrupt image {path}: {e}") from None
+    if x.shape[1:] != (TINY_SIZE, TINY_SIZE):
+        raise DataError(f"image {path} is {x.shape[2]}x{x.shape[1]}, Tiny-ImageNet images are "
+                        f"{TINY_SIZE}x{TINY_SIZE}")
+    return x
+
+
+def _listing_key(folder: Path, files: list[Path]) -> str:
+    """Cache key: the folder and every image's name, size and modification time (so a changed,
+    added or removed image makes a new cache instead of silently reusing the old arrays)."""
+    h = hashlib.sha256(str(folder.resolve()).encode())
+    for p in files:
+        try:
+            st = p.stat()
+        except OSError as e:
+            raise DataError(f"cannot read dataset file {p}: {e.strerror}") from None
+        h.update(f"\0{p.relative_to(folder)}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
 
 
 @register(READERS, "tiny-imagenet-lt")
@@ -131,7 +183,7 @@ def read_tiny_imagenet(root: str | None):
     val/images/*.JPEG with val/val_annotations.txt (the labelled val set serves as the test set).
 
     Decoding 110k JPEGs takes minutes, so the arrays are cached as .npz under $LTADV_CACHE
-    (default ~/.cache/ltadv), keyed by the folder's path and file listing.
+    (default ~/.cache/ltadv), keyed by the folder's path and every file's name, size and mtime.
     """
     folder = _find_folder(root, "tiny-imagenet-200", "Tiny-ImageNet")
     wnids_file = folder / "wnids.txt"
@@ -155,7 +207,10 @@ def read_tiny_imagenet(root: str | None):
         if parts[1] not in index:
             raise DataError(f"corrupt {ann_file}: unknown class {parts[1]!r}")
         test_files.append((folder / "val" / "images" / parts[0], index[parts[1]]))
-    key = hashlib.sha1(repr((str(folder.resolve()), len(train_files), len(test_files))).encode()).hexdigest()[:16]
+    if not train_files or not test_files:
+        where = folder / "train" if not train_files else ann_file
+        raise DataError(f"no {'training' if not train_files else 'test'} images listed under {where}")
+    key = _listing_key(folder, [p for p, _ in train_files] + [p for p, _ in test_files] + [wnids_file, ann_file])
     cache = _cache_dir() / f"tiny-imagenet-{key}.npz"
     if cache.is_file():
         try:
