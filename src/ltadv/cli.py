@@ -39,12 +39,9 @@ class CLIError(ValueError):
 
 
 def _registries():
-    from .attacks import ATTACKS
-    from .data import AUGMENTATIONS, DATASETS
-    from .methods import METHODS
-    from .models import MODELS
+    from .catalog import registries
 
-    return {"data": DATASETS, "model": MODELS, "method": METHODS, "aug": AUGMENTATIONS, "attack": ATTACKS}
+    return registries()
 
 
 def _add_run_flags(p: argparse.ArgumentParser, multi_method: bool = False) -> None:
@@ -58,7 +55,7 @@ def _add_run_flags(p: argparse.ArgumentParser, multi_method: bool = False) -> No
     g.add_argument("--data-root", metavar="DIR", help="folder holding the local copy of the dataset")
     g.add_argument("--imbalance-ratio", metavar="R", type=float, help="IR = n_max / n_min (>= 1)")
     g.add_argument("--model", metavar="NAME", help=f"model: {', '.join(sorted(reg['model']))}")
-    help_m = f"method: {', '.join(sorted(reg['method']))}"
+    help_m = f"method: {', '.join(sorted(reg['method']))} (`ltadv list` says what each is)"
     g.add_argument("--method", metavar="NAME" + ("[,NAME...]" if multi_method else ""),
                    help=help_m + (" (comma-separated to compare several; default at,at_bsl)" if multi_method else ""))
     g.add_argument("--aug", metavar="LIST", help=f"augmentations in order, comma-separated: "
@@ -223,16 +220,33 @@ def cmd_eval(args, extra) -> int:
             raise CLIError(f"--which takes best and/or last, got {w!r}")
     if args.n is not None and args.n < 1:
         raise CLIError(f"--n must be >= 1, got {args.n}")
+    eps = None
+    if args.eps is not None:
+        from .config import _parse_number
+
+        try:
+            eps = _parse_number(args.eps)
+        except ValueError:
+            raise CLIError(f"--eps must be a number such as 8/255 or 0.031, got {args.eps!r}") from None
+        if not (eps >= 0 and eps < float("inf")):
+            raise CLIError(f"--eps must be a finite number >= 0, got {args.eps!r}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
+    progress = True if args.progress else (False if args.quiet else None)
     record = evaluate_run(args.run_dir, attacks, checkpoints=which, n=args.n, device=args.device,
-                          sweep_eps=args.eps_sweep)
+                          sweep_eps=args.eps_sweep, eps=eps, batch_size=args.batch_size, progress=progress)
     name = record["config"]["method"]["name"]
     from .report import format_attack_table
 
-    for w in which:
-        print(f"-- {w} checkpoint" + (f" (epoch {record.get('best_epoch')})" if w == "best" else ""))
-        print(format_table({name: {**record, "metrics": record["metrics_by_checkpoint"][w]}}))
-        print(format_attack_table(record["metrics_by_checkpoint"][w], (record.get("eval_seconds") or {}).get(w)))
-        for warning in (record.get("sanity") or {}).get(w, []):
+    for w, key in zip(which, record["last_evaluation"]):
+        entry = record["evaluations"][key]
+        print(f"-- {w} checkpoint" + (f" (epoch {record.get('best_epoch')})" if w == "best" else "")
+              + f", {entry['n']} test images, eps {entry['eps']:.4g}"
+              + ("" if entry["headline"] else " (its own entry in the record; the run's headline numbers are kept)"))
+        print(format_table({name: {**record, "metrics": entry["metrics"]}}))
+        print(format_attack_table(entry["metrics"], (record.get("eval_seconds") or {}).get(w)
+                                  if entry["headline"] else None))
+        for warning in entry.get("sanity", []):
             print(f"warning: {warning}")
     return 0
 
@@ -269,6 +283,28 @@ def cmd_protocols(args, extra) -> int:
         print(f"{key}: {spec[key]}")
     print("config:")
     print("  " + yaml.safe_dump(spec["config"], sort_keys=False).replace("\n", "\n  ").rstrip())
+    return 0
+
+
+def cmd_list(args, extra) -> int:
+    from .catalog import lines
+
+    _reject_extra(extra)
+    kinds = {"methods": "method", "models": "model", "augmentations": "aug", "attacks": "attack", "datasets": "data"}
+    print("\n".join(lines([kinds[args.kind]] if args.kind else list(kinds.values()))))
+    return 0
+
+
+def cmd_config(args, extra) -> int:
+    """Print the resolved config (and where it departs from its protocol) without running anything."""
+    from .config import protocol_differences
+
+    cfg = _config_from_args(args, extra)
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
+    diffs = protocol_differences(cfg)
+    if cfg.protocol:
+        print(f"# protocol {cfg.protocol}: " + (", ".join(f"{k} {v['protocol']!r} -> {v['run']!r}" for k, v in
+                                                       diffs.items()) if diffs else "no field differs"))
     return 0
 
 
@@ -336,24 +372,33 @@ def cmd_posthoc(args, extra) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ltadv", description="Adversarial training under long-tailed distributions.")
+    p = argparse.ArgumentParser(prog="ltadv", description="Adversarial training under long-tailed distributions.",
+                                allow_abbrev=False)
     p.add_argument("--version", action="version", version=f"ltadv {__import__('ltadv').__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    t = sub.add_parser("train", help="train one run", description="Train one run and evaluate it on the test split.")
+    t = sub.add_parser("train", help="train one run", description="Train one run and evaluate it on the test split.",
+                       allow_abbrev=False)
     _add_run_flags(t)
     t.set_defaults(func=cmd_train)
     r = sub.add_parser("run", help="train + evaluate + table (no arguments: the main job on digits-lt)",
                        description="Train one or more methods, evaluate them and print a side-by-side table. "
-                                   "With no arguments: AT and AT-BSL on the embedded digits-lt.")
+                                   "With no arguments: AT and AT-BSL on the embedded digits-lt.", allow_abbrev=False)
     _add_run_flags(r, multi_method=True)
     r.set_defaults(func=cmd_run, data_default="digits-lt")
     e = sub.add_parser("eval", help="evaluate a finished run's checkpoints",
-                       description="Evaluate the best and/or last checkpoint of a run on the test split.")
+                       description="Evaluate the best and/or last checkpoint of a run on the test split.",
+                       allow_abbrev=False)
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--attacks", default="clean,pgd20",
                    help=f"comma-separated, from: {', '.join(sorted(_registries()['attack']))} "
                         f"(the full suite: clean,fgsm,pgd20,cw,lsa,aa)")
-    e.add_argument("--n", type=int, default=None, help="evaluate the first N test images")
+    e.add_argument("--n", type=int, default=None, help="evaluate the first N test images (kept as its own entry; "
+                                                       "the run's full-test numbers are never replaced)")
+    e.add_argument("--eps", metavar="X", default=None, help="attack radius (default: the run's); another eps is "
+                                                           "kept as its own entry")
+    e.add_argument("--batch-size", type=int, default=None, help="evaluation batch size (default: the run's)")
+    e.add_argument("--progress", action="store_true", help="progress bars / lines even if the run was --quiet")
+    e.add_argument("--quiet", action="store_true", help="no progress output")
     e.add_argument("--which", default="best,last", help="best, last or best,last")
     e.add_argument("--device", default=None)
     e.add_argument("--eps-sweep", action="store_true",
@@ -364,13 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("sweep", help="run a grid of runs from a YAML file or preset, resumably",
                        description="Run every cell of a sweep (skipping finished cells, resuming interrupted "
                                    "ones), print the table and write the report (as `ltadv report DIR`) into "
-                                   "DIR/report. Dotted overrides apply to every cell.")
+                                   "DIR/report. Dotted overrides apply to every cell.", allow_abbrev=False)
     w.add_argument("spec", metavar="FILE|PRESET", help=f"sweep YAML or preset: {', '.join(preset_names())}")
     w.add_argument("--out", metavar="DIR", help="folder for the cells (default runs/<sweep name>)")
     w.set_defaults(func=cmd_sweep)
     x = sub.add_parser("export", help="write a run's weights as one self-describing safetensors file",
                        description="Write the best or last weights of a run, with its config as metadata, to one "
-                                   "safetensors file (ltadv.load_model accepts it).")
+                                   "safetensors file (ltadv.load_model accepts it).", allow_abbrev=False)
     x.add_argument("run_dir", metavar="RUN_DIR")
     x.add_argument("--which", default="best", choices=["best", "last"])
     x.add_argument("--out", metavar="FILE.safetensors", help="default: RUN_DIR/<name>-<which>.safetensors")
@@ -379,7 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="speed of ltadv's training step and evaluation vs a reference-style baseline",
                        description="Time a reference-style baseline (per-image PIL DataLoader, fp32, NCHW, PGD via "
                                    "autograd) against ltadv's own training step, PGD-20 evaluation and AutoAttack on "
-                                   "the same model, batch and data, in one process; print a table and write JSON.")
+                                   "the same model, batch and data, in one process; print a table and write JSON.",
+                       allow_abbrev=False)
     b.add_argument("--model", default="resnet18")
     b.add_argument("--batch-size", type=int, default=128)
     b.add_argument("--rounds", type=int, default=3, help="timed rounds per side (median reported)")
@@ -396,21 +442,31 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("protocols", help="list the reference protocols (each paper's exact recipe)",
                         description="The reference protocols shipped with ltadv: each reproduces one paper's run "
                                     "as its authors' code runs it. With NAME: its source, expected numbers, GPU "
-                                    "time, what still differs, and its settings.")
+                                    "time, what still differs, and its settings.", allow_abbrev=False)
     pr.add_argument("name", nargs="?", metavar="NAME")
     pr.set_defaults(func=cmd_protocols)
+    ls = sub.add_parser("list", help="methods, models, augmentations, attacks and datasets, one line each",
+                        description="Every registered name with what it is and its paper.", allow_abbrev=False)
+    ls.add_argument("kind", nargs="?", choices=["methods", "models", "augmentations", "attacks", "datasets"])
+    ls.set_defaults(func=cmd_list)
+    cf = sub.add_parser("config", help="print the resolved config of these flags without running",
+                        description="Resolve defaults, presets, --protocol, --config and flags as `ltadv train` "
+                                    "would, print the result as YAML (usable as --config) and exit.",
+                        allow_abbrev=False)
+    _add_run_flags(cf)
+    cf.set_defaults(func=cmd_config)
     sb = sub.add_parser("subset", help="write the long-tailed subset's image indices to an .npz file",
                         description="Draw the long-tailed subset a run with these settings would train on and "
                                     "write its indices (train_indices, val_indices: positions in the dataset's "
                                     "training set, RobustLT's split-file format). Train from such a file with "
-                                    "--data.subset_file FILE.")
+                                    "--data.subset_file FILE.", allow_abbrev=False)
     sb.add_argument("file", metavar="FILE.npz")
     _add_run_flags(sb)
     sb.set_defaults(func=cmd_subset)
     rp = sub.add_parser("report", help="tables and figures from every run record under a folder",
                         description="Read every result.json under RUNS_DIR (recursively), average runs that "
                                     "differ only in the seed (mean +- std), and write the method, cost and "
-                                    "class-wise tables and the figures (PNG and PDF).")
+                                    "class-wise tables and the figures (PNG and PDF).", allow_abbrev=False)
     rp.add_argument("runs_dir", metavar="RUNS_DIR")
     rp.add_argument("--out", metavar="DIR", help="output folder (default RUNS_DIR/report)")
     rp.add_argument("--format", default="md,csv,tex", help="comma-separated table formats: md, csv, tex")
@@ -421,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     ph = sub.add_parser("posthoc", help="tau-normalise or LWS-rescale a finished run's classifier into a new run",
                         description="Classifier-side long-tail fixes on a finished run (Kang et al., ICLR 2020, "
                                     "arXiv 1910.09217): tau-normalisation or learnable weight scaling. Writes and "
-                                    "evaluates a NEW run folder; the source run is not modified.")
+                                    "evaluates a NEW run folder; the source run is not modified.", allow_abbrev=False)
     ph.add_argument("run_dir", metavar="RUN_DIR")
     ph.add_argument("--out", metavar="DIR", required=True, help="the new run folder")
     ph.add_argument("--tau-norm", type=float, metavar="TAU", help="W_i / ||W_i||^TAU (RoBal: 1)")

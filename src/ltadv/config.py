@@ -136,6 +136,8 @@ class Train:
     fold_bn: bool = True  # attacks run on a BN-folded eval-mode copy of the model (same function, faster)
     progress: bool = True
     deterministic: bool = False  # torch.use_deterministic_algorithms on CUDA
+    max_batches: int | None = None  # stop each epoch after this many batches (smoke-test a real recipe quickly)
+    log_every: float = 30.0  # seconds between progress lines when stdout is not a terminal (0: every batch)
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,7 @@ class Eval:
     mim_init: str = "zero"  # mim start (RoBal: uniform)
     clamp_start: bool = True  # project the start onto the ball and [0, 1] before the first gradient (authors: no)
     attack_misclassified: bool = False  # attack every point; robust = correct under attack (authors' scripts)
+    max_batches: int | None = None  # evaluate only the first max_batches * batch_size images (smoke tests)
 
 
 @dataclass(frozen=True)
@@ -540,6 +543,10 @@ def _check_protocol_fields(cfg: Config) -> None:
          "optim.milestones are 1-based epoch numbers >= 1 with optim.milestone_unit epoch"),
         (o.lr_schedule in ("step", "compound"), f"optim.lr_schedule must be step or compound, got {o.lr_schedule!r}"),
         (o.warmup_epochs >= 0, f"optim.warmup_epochs must be >= 0, got {o.warmup_epochs}"),
+        (cfg.train.max_batches is None or cfg.train.max_batches >= 1,
+         f"train.max_batches must be >= 1, got {cfg.train.max_batches}"),
+        (e.max_batches is None or e.max_batches >= 1, f"eval.max_batches must be >= 1, got {e.max_batches}"),
+        (cfg.train.log_every >= 0, f"train.log_every must be >= 0 seconds, got {cfg.train.log_every}"),
         (e.select_from >= 1, f"eval.select_from must be >= 1 (a 1-based epoch), got {e.select_from}"),
         (e.select_ties in ("first", "last"), f"eval.select_ties must be first or last, got {e.select_ties!r}"),
         (cfg.method.scale_in in ("loss", "head"), f"method.scale_in must be loss or head, got {cfg.method.scale_in!r}"),

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from .attacks import ATTACKS, AttackSettings
 from .fast import eval_view
+from .progress import Progress
 from .registry import lookup
 
 
@@ -134,15 +134,18 @@ def robust_flags(
             robust = torch.zeros_like(correct) if attack_all else correct.clone()
             idx_all = torch.arange(len(correct)) if attack_all else torch.nonzero(correct).flatten()
             kwargs = {"settings": opts} if "settings" in inspect.signature(attack).parameters else {}
-            bar = tqdm(list(_batches(len(idx_all), batch_size)), desc=name, disable=None if progress else True,
-                       leave=False)  # None: off when not a terminal
-            for s in bar:
+            batches = list(_batches(len(idx_all), batch_size))
+            bar = Progress(len(batches), f"{name} on {len(idx_all)} points", progress, print, 30.0,
+                           images_per_step=batch_size)
+            for s in batches:
                 idx = idx_all[s]
                 xb = to_float(x[idx], device)
                 yb = y[idx].to(device)
                 x_adv = attack(model, xb, yb, eps, **kwargs)
                 with torch.no_grad():
                     robust[idx] = (model(x_adv).argmax(1) == yb).cpu()
+                bar.update(1)
+            bar.close()
             flags[name] = robust
             if details is not None:
                 details[name] = {"seconds": time.perf_counter() - t0}

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed, reproducibility
@@ -36,6 +35,7 @@ from .fast import EvalView, eval_view, keep_freed_memory
 from .methods import METHODS
 from .models import MODELS, Classifier, build_model, posthoc
 from .nonfinite import check_weights, finite_loss
+from .progress import Progress
 from .registry import lookup
 from .results import RECORD_KEYS, RESULT, git_commit, read_record, write_json_atomic
 from .rundir import CKPT_DIR, EVAL_STATE, SUBSET_FILE, RunDirError, RunGuard, RunLock, guarded_run
@@ -284,6 +284,9 @@ def _train(cfg: Config, out: Path, resume: bool, force: bool, log, guard: RunGua
     x_sel, y_sel = (data.x_val, data.y_val) if cfg.eval.select_on == "val" else (data.x_test, data.y_test)
     if cfg.eval.val_n is not None:
         x_sel, y_sel = x_sel[: cfg.eval.val_n], y_sel[: cfg.eval.val_n]
+    if cfg.eval.max_batches is not None:
+        cap = cfg.eval.max_batches * cfg.eval.batch_size
+        x_sel, y_sel = x_sel[:cap], y_sel[:cap]
     eps_eval = cfg.attack.eps if cfg.eval.eps is None else cfg.eval.eps
     groups = class_groups(data.class_counts, cfg.eval.head_frac, cfg.eval.tail_frac)
 
@@ -332,6 +335,8 @@ def _train(cfg: Config, out: Path, resume: bool, force: bool, log, guard: RunGua
     x_train = data.x_train.to(device)
     y_train = data.y_train.to(device)
     bs = dctx.local_batch(cfg.optim.batch_size)  # optim.batch_size is the global batch
+    log(start_banner(cfg, data, out, device, dctx.world_size, math.ceil(len(data.y_train) / cfg.optim.batch_size),
+                     record["protocol_differences"], start_epoch))
     guard.begun = True  # from here an interruption or error is written into the record
     for epoch in range(start_epoch, cfg.train.epochs):
         for g in opt.param_groups:
@@ -348,9 +353,12 @@ def _train(cfg: Config, out: Path, resume: bool, force: bool, log, guard: RunGua
         total_loss, total_correct, seen = 0.0, 0, 0
         # drop_last: the LDAM-DRW/RoBal DataLoader (drop_last=True) never trains on the last short batch
         stop = len(order) - len(order) % bs if cfg.data.drop_last and len(order) >= bs else len(order)
-        bar = tqdm(range(0, stop, bs), desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
-                   disable=None if cfg.train.progress and dctx.is_main else True)
-        for i in bar:
+        if cfg.train.max_batches is not None:  # a smoke test of the real recipe: the first N batches only
+            stop = min(stop, cfg.train.max_batches * bs)
+        bar = Progress(math.ceil(stop / bs), f"epoch {epoch + 1}/{cfg.train.epochs}",
+                       cfg.train.progress and dctx.is_main, log, cfg.train.log_every,
+                       images_per_step=bs * dctx.world_size)
+        for i in range(0, stop, bs):
             idx = order[i:i + bs]
             x = to_float(x_train[idx], device)
             y = y_train[idx]
@@ -362,7 +370,8 @@ def _train(cfg: Config, out: Path, resume: bool, force: bool, log, guard: RunGua
             hard = target if target.dim() == 1 else target.argmax(1)
             total_correct += int((out_m["logits"].detach().argmax(1) == hard).sum())
             seen += len(idx)
-            bar.set_postfix(loss=f"{total_loss / seen:.3f}")
+            bar.update(1, loss=f"{total_loss / seen:.3f}")
+        bar.close()
         total_loss, total_correct, seen = dctx.all_sum(total_loss, total_correct, seen)
         check_weights(model, cfg, epoch)
         method.end_epoch()
@@ -430,6 +439,30 @@ def _train(cfg: Config, out: Path, resume: bool, force: bool, log, guard: RunGua
     if not dctx.is_main:  # rank 0 evaluates on the test split; the others are done
         return record
     return evaluate_run(out, cfg.eval.attacks, checkpoints=cfg.eval.checkpoints, data=data, log=log)
+
+
+def start_banner(cfg: Config, data: LTData, out: Path, device, world: int, batches: int, diffs: dict,
+                 start_epoch: int) -> str:
+    """What is about to run, before the first batch: data and class counts, model, method, schedule,
+    selection, device and where the record goes."""
+    c = data.class_counts
+    sel = {"val": f"best {cfg.eval.val_attack} on {len(data.y_val)} validation images",
+           "test": f"best {cfg.eval.val_attack} on the test set", "last": "the last epoch"}[cfg.eval.select_on]
+    if cfg.eval.select_on != "last" and cfg.eval.select_from > 1:
+        sel += f" from epoch {min(cfg.eval.select_from, cfg.train.epochs)}"
+    lines = [
+        f"ltadv {'resuming' if start_epoch else 'training'} {out}",
+        f"  data    {cfg.data.name}: {len(c)} classes, {sum(c)} training images (largest class {c[0]}, smallest "
+        f"{min(c)}, IR {max(c) / max(min(c), 1):.4g}), {len(data.y_test)} test images",
+        f"  run     {cfg.method.name} on {cfg.model.name}, eps {cfg.attack.eps:.4g}, PGD-{cfg.attack.steps} training "
+        f"attack, {cfg.train.epochs} epochs x {batches} batches of {cfg.optim.batch_size}, lr {cfg.optim.lr:g}"
+        f"{', aug ' + '+'.join(cfg.data.aug) if cfg.data.aug else ''}",
+        f"  select  {sel}; device {device}" + (f" x {world} processes" if world > 1 else ""),
+    ]
+    if cfg.protocol:
+        lines.append(f"  protocol {cfg.protocol}"
+                     + (": differs in " + ", ".join(diffs) if diffs else " (every field as the authors')"))
+    return "\n".join(lines)
 
 
 def selects_at(cfg: Config, epoch1: int) -> bool:
@@ -507,8 +540,16 @@ def evaluate_run(
     device=None,
     log=print,
     sweep_eps: bool = False,
+    eps: float | None = None,
+    batch_size: int | None = None,
+    progress: bool | None = None,
 ) -> dict:
     """Evaluate a run's best and/or last weights on the balanced test split; merge into result.json.
+
+    Every evaluation is kept under ``record["evaluations"]``, keyed by what was evaluated
+    (``"<checkpoint> n=<images> eps=<eps>"``). Only the run's own evaluation (its ``eval.n``, usually the
+    whole test set, at its eps) updates the headline ``metrics`` / ``metrics_by_checkpoint``; a subset
+    (``n``) or another ``eps`` adds its own entry and leaves the headline numbers byte-identical.
 
     ``record["metrics"]`` holds the selected checkpoint's numbers (best when evaluated, else last);
     ``record["metrics_by_checkpoint"]`` holds each evaluated checkpoint's; ``record["sanity"]`` the
@@ -520,7 +561,8 @@ def evaluate_run(
     run_dir = Path(run_dir)
     read_record(run_dir, required=RECORD_KEYS)  # a missing run is named before a lock file is made
     with RunLock(run_dir, log):
-        return _evaluate_run(run_dir, attacks, checkpoints, n, data, device, log, sweep_eps)
+        return _evaluate_run(run_dir, attacks, checkpoints, n, data, device, log, sweep_eps, eps, batch_size,
+                             progress)
 
 
 def _finished(record: dict, cfg: Config) -> bool:
@@ -530,7 +572,13 @@ def _finished(record: dict, cfg: Config) -> bool:
     return record.get("status") != "failed" and len(record.get("epochs") or []) >= cfg.train.epochs
 
 
-def _evaluate_run(run_dir: Path, attacks, checkpoints, n, data, device, log, sweep_eps) -> dict:
+def evaluation_key(which: str, n: int, eps: float) -> str:
+    """The key of one evaluation in ``record["evaluations"]``: what was evaluated."""
+    return f"{which} n={n} eps={eps:.6g}"
+
+
+def _evaluate_run(run_dir: Path, attacks, checkpoints, n, data, device, log, sweep_eps, eps_override=None,
+                  batch_size=None, progress=None) -> dict:
     record = read_record(run_dir, required=RECORD_KEYS)
     cfg = from_dict(record["config"])
     for a in attacks:
@@ -545,10 +593,17 @@ def _evaluate_run(run_dir: Path, attacks, checkpoints, n, data, device, log, swe
     if data is None:
         data = build_data(cfg.data, cfg.seed)
     x, y = data.x_test, data.y_test
-    n = n if n is not None else cfg.eval.n
-    if n is not None:
-        x, y = x[:n], y[:n]
-    eps = cfg.attack.eps if cfg.eval.eps is None else cfg.eval.eps
+    run_n = len(y) if cfg.eval.n is None else min(cfg.eval.n, len(y))  # the run's own evaluation
+    if cfg.eval.max_batches is not None:
+        run_n = min(run_n, cfg.eval.max_batches * cfg.eval.batch_size)
+    n = min(n, len(y)) if n is not None else run_n
+    x, y = x[:n], y[:n]
+    run_eps = cfg.attack.eps if cfg.eval.eps is None else cfg.eval.eps
+    eps = run_eps if eps_override is None else float(eps_override)
+    headline = n == run_n and eps == run_eps  # else: an entry of its own, the headline numbers stay
+    batch_size = batch_size or cfg.eval.batch_size
+    progress = cfg.train.progress if progress is None else progress
+    evaluations = dict(record.get("evaluations") or {})
     by_ckpt = dict(record.get("metrics_by_checkpoint") or {})
     sanity, sweeps = dict(record.get("sanity") or {}), dict(record.get("eps_sweep") or {})
     seconds = dict(record.get("eval_seconds") or {})
@@ -556,32 +611,47 @@ def _evaluate_run(run_dir: Path, attacks, checkpoints, n, data, device, log, swe
         model, _ = load_run_model(run_dir, which, device)
         t0 = time.perf_counter()
         flags, secs = {}, {}
-        metrics = evaluate(model, x, y, list(attacks), eps, record["class_counts"], cfg.eval.batch_size,
-                           cfg.eval.head_frac, cfg.eval.tail_frac, progress=cfg.train.progress,
-                           state_dir=run_dir / EVAL_STATE / which, flags_out=flags, seconds_out=secs,
+        key = evaluation_key(which, len(y), eps)
+        # a subset / other-eps evaluation keeps its resumable attack state and flags apart from the run's own
+        state_dir = run_dir / EVAL_STATE / which
+        if not headline:
+            state_dir = state_dir / f"n{len(y)}-eps{eps:.6g}"
+        metrics = evaluate(model, x, y, list(attacks), eps, record["class_counts"], batch_size,
+                           cfg.eval.head_frac, cfg.eval.tail_frac, progress=progress,
+                           state_dir=state_dir, flags_out=flags, seconds_out=secs,
                            settings=cfg.eval)
-        seconds[which] = {**seconds.get(which, {}), **secs}
-        log(f"evaluated {which} checkpoint on {len(y)} test images in {time.perf_counter() - t0:.1f}s")
-        by_ckpt[which] = {**by_ckpt.get(which, {}), **metrics}
-        flags = merge_saved_flags(run_dir / EVAL_STATE / which / "flags.pt", f"n={len(y)} eps={eps!r}", flags)
-        warnings = sanity_warnings(flags, by_ckpt[which])
+        log(f"evaluated {which} checkpoint on {len(y)} test images in {time.perf_counter() - t0:.1f}s"
+            + ("" if headline else f" (n={len(y)}, eps={eps:.4g}: its own entry; the run's numbers are kept)"))
+        previous = (evaluations.get(key) or {}).get("metrics") or {}
+        evaluations[key] = {"checkpoint": which, "n": int(len(y)), "eps": eps, "headline": headline,
+                            "metrics": {**previous, **metrics}}
+        if headline:
+            seconds[which] = {**seconds.get(which, {}), **secs}
+            by_ckpt[which] = {**by_ckpt.get(which, {}), **metrics}
+        flags = merge_saved_flags(state_dir / "flags.pt", f"n={len(y)} eps={eps!r}", flags)
+        warnings = sanity_warnings(flags, evaluations[key]["metrics"])
         if sweep_eps:
-            sweeps[which] = eps_sweep(model, x, y, eps, batch_size=cfg.eval.batch_size)
+            sweeps[which] = eps_sweep(model, x, y, eps, batch_size=batch_size)
             warnings += sweeps[which]["warnings"]
             log(f"eps sweep ({which}): " + ", ".join(f"{e:.4g}: {r:.3f}" for e, r in
                                                        zip(sweeps[which]["eps"], sweeps[which]["robust"])))
-        sanity[which] = warnings
+        if headline:
+            sanity[which] = warnings
+        evaluations[key]["sanity"] = warnings
         for w in warnings:
             log(f"warning ({which} checkpoint): {w}")
         if not warnings:
             log(f"sanity checks ({which} checkpoint): no warnings")
-    record["metrics_by_checkpoint"] = by_ckpt
-    record["sanity"] = sanity
-    record["eval_seconds"] = seconds
+    record["evaluations"] = evaluations
+    record["last_evaluation"] = [evaluation_key(w, len(y), eps) for w in checkpoints]
     if sweeps:
         record["eps_sweep"] = sweeps
-    record["metrics"] = by_ckpt.get("best") or by_ckpt.get("last")
-    record["eval"] = {"eps": eps, "n": int(len(y))}
+    if headline:
+        record["metrics_by_checkpoint"] = by_ckpt
+        record["sanity"] = sanity
+        record["eval_seconds"] = seconds
+        record["metrics"] = by_ckpt.get("best") or by_ckpt.get("last")
+        record["eval"] = {"eps": eps, "n": int(len(y)), "test_set": int(len(data.y_test))}
     if _finished(record, cfg):
         record["status"] = "complete"
     write_json_atomic(run_dir / RESULT, record)

@@ -34,8 +34,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
+from ..progress import Progress
 from ..registry import register
 from . import ATTACKS, frozen_params
 
@@ -218,8 +218,8 @@ def run_cascade(
             name, fn = stages[k]
             idx_all = torch.nonzero(state["start_flags"]).flatten()
             n_batches = -(-len(idx_all) // batch_size)
-            bar = tqdm(total=n_batches, initial=state["batches_done"], desc=name,
-                       disable=None if progress else True, leave=False)  # None: off when not a terminal
+            bar = Progress(n_batches, f"{name} on {len(idx_all)} points", progress, log, 30.0,
+                           images_per_step=batch_size, initial=state["batches_done"])
             for b in range(state["batches_done"], n_batches):
                 start = time.perf_counter()
                 idx = idx_all[b * batch_size:(b + 1) * batch_size]
@@ -238,6 +238,9 @@ def run_cascade(
                     _save_atomic(state_path, state)
                 bar.update(1)
             bar.close()
+            if progress:  # one line per finished stage, terminal or not
+                log(f"{name}: {int(state['flags'].sum())} of {len(y)} points still robust "
+                    f"({float(state['flags'].float().mean()):.1%}) after {state['seconds']:.0f} s")
             state["stage"], state["batches_done"] = k + 1, 0
             state["start_flags"] = state["flags"].clone()
             if state_path is not None:
