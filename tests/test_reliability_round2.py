@@ -284,7 +284,7 @@ def test_bad_numbers_and_devices_leave_the_run_untouched(work, capsys, argv, exp
 def test_divergence_stops_at_the_first_nonfinite_loss_and_keeps_the_last_good_epoch(tmp_path, capsys):
     run = tmp_path / "boom"
     # epoch 1 at lr 0.1, then lr x1e12 from epoch 2: the loss goes NaN/inf in epoch 2
-    rc, err = run_cli(capsys, [*BASE, "--epochs", "2", "--optim.milestones", "[0.5]", "--optim.lr_decay", "1e12",
+    rc, err = run_cli(capsys, [*BASE, "--epochs", "2", "--optim.milestones", "[0.75]", "--optim.lr_decay", "1e12",
                                "--out", run])
     assert_one_error_line(rc, err, "training stopped: ")
     assert "epoch 2" in err and "likely cause" in err and "checkpoint of epoch 1 is kept" in err
