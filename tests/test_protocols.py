@@ -418,3 +418,10 @@ def test_sweep_cells_take_a_protocol(folders, tmp_path, monkeypatch):
     assert rec["protocol"] == "reat-cifar10" and rec["config"]["seed"] == 3
     assert rec["protocol_differences"]["seed"] == {"protocol": 0, "run": 3}
     assert rec["config"]["optim"]["milestones"] == [61.0, 76.0]
+
+
+def test_run_takes_the_protocols_method_and_data(folders, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--protocol", "at-bsl-cifar10", "--data-root", str(folders), "--out", str(out), *SHORT]) == 0
+    rec = json.loads((out / "result.json").read_text())  # one method: the run folder is the run itself
+    assert rec["config"]["method"]["name"] == "at_bsl" and rec["config"]["data"]["name"] == "cifar10-lt"

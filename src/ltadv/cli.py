@@ -191,8 +191,8 @@ def cmd_run(args, extra) -> int:
     if not methods:
         base = _config_from_args(args, extra)
         user_set_method = args.config and "method" in (yaml.safe_load(Path(args.config).read_text()) or {})
-        methods = [base.method.name] if user_set_method or any(k.startswith("method.name") for k in
-                                                                 _parse_overrides(extra)) else ["at", "at_bsl"]
+        methods = [base.method.name] if user_set_method or args.protocol or any(
+            k.startswith("method.name") for k in _parse_overrides(extra)) else ["at", "at_bsl"]
     cfgs = {m: _config_from_args(args, extra, method=m) for m in methods}
     out, resume = _resume_dir(args)
     first = next(iter(cfgs.values()))
@@ -500,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    if args.command == "run" and args.data is None and args.config is None:
+    if args.command == "run" and args.data is None and args.config is None and args.protocol is None:
         args.data = "digits-lt"
     from .checkpoint import CheckpointError
     from .data import DataError
