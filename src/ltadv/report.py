@@ -88,8 +88,8 @@ ATTACK_TITLES = {"clean": "clean", "fgsm": "FGSM", "pgd20": "PGD-20", "mim": "MI
                  "aa": "AA", "aa_torchattacks": "AA-ta", "aa_apgd": "AA-apgd"}
 # Config keys that do not change what a run learns: they neither split groups nor name rows (the
 # attacks evaluated show up as the metrics present, whatever eval.attacks said at training time).
-IGNORED_KEYS = {"seed", "data.root", "train.device", "train.progress", "train.compile", "eval.attacks",
-                "eval.batch_size", "eval.checkpoints"}
+IGNORED_KEYS = {"seed", "data.root", "train.device", "train.progress", "train.log_every", "train.compile",
+                "eval.attacks", "eval.batch_size", "eval.checkpoints"}
 
 
 class ReportError(ValueError):

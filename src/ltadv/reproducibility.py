@@ -19,7 +19,7 @@ import torch
 # Fields a resumed run may change: where it runs and what the final test evaluation reports.
 # Everything else changes the training itself, so a differing value is an error, not a silent swap.
 RESUME_MAY_CHANGE = frozenset({
-    "train.device", "train.progress", "data.root",
+    "train.device", "train.progress", "train.log_every", "data.root", "eval.max_batches",
     "eval.batch_size", "eval.attacks", "eval.n", "eval.checkpoints",
 })
 
