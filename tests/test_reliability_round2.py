@@ -705,3 +705,13 @@ def test_sweep_into_a_folder_that_is_not_a_sweep_is_refused(work, tmp_path, caps
     rc, err = run_cli(capsys, ["sweep", spec, "--out", work])  # the user's runs folder holding "at"
     assert_one_error_line(rc, err, "is not an earlier sweep's folder")
     assert snapshot(work) == before
+
+
+def test_tiny_imagenet_edited_cache_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("LTADV_CACHE", str(tmp_path / "cache"))
+    write_tiny(tmp_path / "data")
+    good = readers.read_tiny_imagenet(str(tmp_path / "data"))
+    (cache,) = (tmp_path / "cache").glob("*.npz")
+    np.savez(cache, xtr=good[0][:1], ytr=np.array([99]), xte=good[2], yte=good[3])  # wrong length, bad label
+    again = readers.read_tiny_imagenet(str(tmp_path / "data"))
+    assert all(np.array_equal(a, b) for a, b in zip(good, again))
