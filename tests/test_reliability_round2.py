@@ -715,3 +715,18 @@ def test_tiny_imagenet_edited_cache_is_rebuilt(tmp_path, monkeypatch):
     np.savez(cache, xtr=good[0][:1], ytr=np.array([99]), xte=good[2], yte=good[3])  # wrong length, bad label
     again = readers.read_tiny_imagenet(str(tmp_path / "data"))
     assert all(np.array_equal(a, b) for a, b in zip(good, again))
+
+
+@pytest.mark.parametrize("content, expected", [(b"\xff\xfe\x00binary", "cannot read config file"),
+                                               (b"optim: {lr: [1, 2]}", "optim.lr: expected a number")])
+def test_unreadable_config_and_sweep_files_name_the_file(work, tmp_path, capsys, content, expected):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(content)
+    before = snapshot(work)
+    rc, err = run_cli(capsys, [*BASE, "--config", bad, "--out", work / "at", "--force"])
+    assert_one_error_line(rc, err, expected)
+    if "config file" in expected:
+        assert str(bad) in err
+        rc, err = run_cli(capsys, ["sweep", bad, "--out", tmp_path / "sw"])
+        assert_one_error_line(rc, err, str(bad))
+    assert snapshot(work) == before
