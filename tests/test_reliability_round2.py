@@ -99,6 +99,8 @@ def test_posthoc_force_replaces_only_ltadv_files_of_an_earlier_posthoc_run(work,
     assert main(["posthoc", str(work / "at"), "--tau-norm", "1", "--out", str(out), "--n", "10"]) == 0
     (out / "mine.txt").write_text("keep")
     src = snapshot(work / "at")
+    rc, err = run_cli(capsys, ["posthoc", work / "at", "--tau-norm", "0.5", "--out", out, "--n", "10"])
+    assert_one_error_line(rc, err, "already exists; pass --force to replace it")
     assert main(["posthoc", str(work / "at"), "--tau-norm", "0.5", "--out", str(out), "--n", "10", "--force"]) == 0
     assert (out / "mine.txt").read_text() == "keep"
     assert json.loads((out / "result.json").read_text())["posthoc"]["tau"] == 0.5
