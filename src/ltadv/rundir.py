@@ -30,7 +30,8 @@ CKPT_DIR = "checkpoints"
 EVAL_STATE = "eval_state"
 LOCK = ".ltadv.lock"
 # What ltadv writes into a run folder; ``--force`` deletes exactly these (and its own temp files).
-OWNED_FILES = (RESULT, "subset.npz")  # subset.npz: the subset's image indices (protocols work, main)
+SUBSET_FILE = "subset.npz"  # the long-tailed subset's image indices (train_indices, val_indices)
+OWNED_FILES = (RESULT, SUBSET_FILE)
 OWNED_CKPTS = ("best.safetensors", "last.safetensors", "last.pt")
 PLAIN_NAME = re.compile(r"^[^/\\\x00-\x1f.~-][^/\\\x00-\x1f]*$")  # no separator, no leading . ~ -
 
