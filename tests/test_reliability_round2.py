@@ -99,6 +99,8 @@ def test_posthoc_force_replaces_only_ltadv_files_of_an_earlier_posthoc_run(work,
     assert main(["posthoc", str(work / "at"), "--tau-norm", "1", "--out", str(out), "--n", "10"]) == 0
     (out / "mine.txt").write_text("keep")
     src = snapshot(work / "at")
+    rc, err = run_cli(capsys, ["posthoc", work / "at", "--tau-norm", "0.5", "--out", out, "--n", "10"])
+    assert_one_error_line(rc, err, "already exists; pass --force to replace it")
     assert main(["posthoc", str(work / "at"), "--tau-norm", "0.5", "--out", str(out), "--n", "10", "--force"]) == 0
     assert (out / "mine.txt").read_text() == "keep"
     assert json.loads((out / "result.json").read_text())["posthoc"]["tau"] == 0.5
@@ -704,4 +706,29 @@ def test_sweep_into_a_folder_that_is_not_a_sweep_is_refused(work, tmp_path, caps
     before = snapshot(work)
     rc, err = run_cli(capsys, ["sweep", spec, "--out", work])  # the user's runs folder holding "at"
     assert_one_error_line(rc, err, "is not an earlier sweep's folder")
+    assert snapshot(work) == before
+
+
+def test_tiny_imagenet_edited_cache_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("LTADV_CACHE", str(tmp_path / "cache"))
+    write_tiny(tmp_path / "data")
+    good = readers.read_tiny_imagenet(str(tmp_path / "data"))
+    (cache,) = (tmp_path / "cache").glob("*.npz")
+    np.savez(cache, xtr=good[0][:1], ytr=np.array([99]), xte=good[2], yte=good[3])  # wrong length, bad label
+    again = readers.read_tiny_imagenet(str(tmp_path / "data"))
+    assert all(np.array_equal(a, b) for a, b in zip(good, again))
+
+
+@pytest.mark.parametrize("content, expected", [(b"\xff\xfe\x00binary", "cannot read config file"),
+                                               (b"optim: {lr: [1, 2]}", "optim.lr: expected a number")])
+def test_unreadable_config_and_sweep_files_name_the_file(work, tmp_path, capsys, content, expected):
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(content)
+    before = snapshot(work)
+    rc, err = run_cli(capsys, [*BASE, "--config", bad, "--out", work / "at", "--force"])
+    assert_one_error_line(rc, err, expected)
+    if "config file" in expected:
+        assert str(bad) in err
+        rc, err = run_cli(capsys, ["sweep", bad, "--out", tmp_path / "sw"])
+        assert_one_error_line(rc, err, str(bad))
     assert snapshot(work) == before

@@ -134,7 +134,7 @@ def run_posthoc(run_dir, out, tau_norm: float | None = None, lws_epochs: int | N
     data = build_data(cfg.data, cfg.seed)
     guard = RunGuard(out, log)  # --force replaces only an ltadv run folder, and only ltadv's files in it
     try:
-        guard.start(resume=False, force=force)
+        guard.start(resume=None, force=force)
         return _write_posthoc(run_dir, out, record, cfg, models, data, tau_norm, lws_epochs, lws_lr, attacks, n,
                               device, sources, log)
     finally:

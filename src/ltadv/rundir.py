@@ -236,7 +236,7 @@ def run_state(out: str | Path, record: dict) -> str:
     return status if isinstance(status, str) else "unknown"
 
 
-def check_start(out: Path, resume: bool, force: bool, config: dict | None = None) -> None:
+def check_start(out: Path, resume: bool | None, force: bool, config: dict | None = None) -> None:
     """Refuse, before anything is written, a run folder that cannot be used as asked."""
     if out.exists() and not out.is_dir():
         raise RunDirError(f"output path {out} exists and is not a folder")
@@ -247,8 +247,9 @@ def check_start(out: Path, resume: bool, force: bool, config: dict | None = None
             raise RunDirError(f"{out / name} is a symbolic link; ltadv writes only inside the run folder, "
                               f"so it must be a plain file or folder")
     if not (resume or force) and not restartable(out, config):
-        raise RunDirError(f"run directory {out} already exists; pass --resume to continue it or --force to "
-                          f"start it again")
+        hint = "pass --force to replace it" if resume is None else \
+            "pass --resume to continue it or --force to start it again"
+        raise RunDirError(f"run directory {out} already exists; {hint}")
     if force and not resume and not is_run_folder(out):
         raise RunDirError(f"{out} holds files that ltadv did not make (no run record {RESULT} there); "
                           f"--force deletes only ltadv's run folders: choose another --out")
@@ -269,7 +270,8 @@ class RunGuard:
         self.out, self.log, self.lock = Path(out), log, None
         self.begun = False  # set once the run is under way: an error after it marks the record failed
 
-    def start(self, resume: bool, force: bool, config: dict | None = None) -> None:
+    def start(self, resume: bool | None, force: bool, config: dict | None = None) -> None:
+        """``resume`` None: the command has no --resume (posthoc); only --force may replace a run."""
         check_start(self.out, resume, force, config)
         try:
             self.out.mkdir(parents=True, exist_ok=True)

@@ -177,6 +177,16 @@ def _listing_key(folder: Path, files: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
+def _cache_fits(arrays, n_train: int, n_test: int, num_classes: int) -> bool:
+    """The cached arrays have the listing's sizes, uint8 64x64 RGB images and labels in range."""
+    xtr, ytr, xte, yte = arrays
+    shape = (3, TINY_SIZE, TINY_SIZE)
+    return (xtr.dtype == np.uint8 and xte.dtype == np.uint8 and xtr.shape == (n_train, *shape)
+            and xte.shape == (n_test, *shape) and ytr.shape == (n_train,) and yte.shape == (n_test,)
+            and ytr.dtype.kind in "iu" and yte.dtype.kind in "iu"
+            and int(min(ytr.min(), yte.min())) >= 0 and int(max(ytr.max(), yte.max())) < num_classes)
+
+
 @register(READERS, "tiny-imagenet-lt")
 def read_tiny_imagenet(root: str | None):
     """Tiny-ImageNet-200 in its standard layout: wnids.txt, train/<wnid>/images/*.JPEG,
@@ -215,9 +225,11 @@ def read_tiny_imagenet(root: str | None):
     if cache.is_file():
         try:
             z = np.load(cache)
-            return z["xtr"], z["ytr"], z["xte"], z["yte"]
-        except (OSError, ValueError, KeyError):
-            pass  # a broken cache is rebuilt below
+            arrays = z["xtr"], z["ytr"], z["xte"], z["yte"]
+            if _cache_fits(arrays, len(train_files), len(test_files), len(wnids)):
+                return arrays
+        except (OSError, ValueError, KeyError, EOFError):
+            pass  # a broken or edited cache is rebuilt below
     xtr = np.stack([_read_image(p) for p, _ in train_files])
     ytr = np.array([c for _, c in train_files], dtype=np.int64)
     xte = np.stack([_read_image(p) for p, _ in test_files])
