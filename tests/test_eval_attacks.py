@@ -174,7 +174,11 @@ def test_eval_cli_full_suite(at_run, fast_aa, capsys):
     assert "after each sub-attack" in stdout and ("sanity checks" in stdout or "warning" in stdout)
     rec = json.loads((run_dir / "result.json").read_text())
     for which in ("best", "last"):
-        m = rec["metrics_by_checkpoint"][which]
+        # --n 60 is not the run's own evaluation: its own entry, the headline numbers untouched
+        (key,) = [k for k in rec["evaluations"] if k.startswith(f"{which} n=60 ")]
+        entry = rec["evaluations"][key]
+        m = entry["metrics"]
+        assert entry["headline"] is False and rec["metrics_by_checkpoint"][which]["clean"]["n"] != 60
         for a in attacks:
             assert m[a]["n"] == 60 and len(m[a]["per_class"]) == 10
             assert m[a]["balanced"] == pytest.approx(sum(m[a]["per_class"]) / 10)
@@ -185,11 +189,11 @@ def test_eval_cli_full_suite(at_run, fast_aa, capsys):
         assert m["aa"]["overall"] <= m["pgd20"]["overall"]
         assert list(m["aa"]["stages"]) == ["apgd-ce", "apgd-t", "fab-t", "square"]
         assert m["aa"]["stages"]["square"] == pytest.approx(m["aa"]["overall"])
-        assert (run_dir / "eval_state" / which / "aa.pt").is_file()
-        sweep = rec["eps_sweep"][which]
+        assert (run_dir / "eval_state" / which / f"n60-eps{entry['eps']:.6g}" / "aa.pt").is_file()
+        sweep = entry["eps_sweep"]
         assert sweep["robust"][0] == pytest.approx(m["pgd20"]["overall"], abs=0.1)
         assert sweep["robust"][-1] <= 0.05
-        assert isinstance(rec["sanity"][which], list)
+        assert isinstance(entry["sanity"], list)
     assert rec["metrics"] == rec["metrics_by_checkpoint"]["best"]
 
 

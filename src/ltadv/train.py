@@ -631,10 +631,13 @@ def _evaluate_run(run_dir: Path, attacks, checkpoints, n, data, device, log, swe
         flags = merge_saved_flags(state_dir / "flags.pt", f"n={len(y)} eps={eps!r}", flags)
         warnings = sanity_warnings(flags, evaluations[key]["metrics"])
         if sweep_eps:
-            sweeps[which] = eps_sweep(model, x, y, eps, batch_size=batch_size)
-            warnings += sweeps[which]["warnings"]
+            sweep = eps_sweep(model, x, y, eps, batch_size=batch_size)
+            if headline:
+                sweeps[which] = sweep
+            evaluations[key]["eps_sweep"] = sweep
+            warnings += sweep["warnings"]
             log(f"eps sweep ({which}): " + ", ".join(f"{e:.4g}: {r:.3f}" for e, r in
-                                                       zip(sweeps[which]["eps"], sweeps[which]["robust"])))
+                                                       zip(sweep["eps"], sweep["robust"])))
         if headline:
             sanity[which] = warnings
         evaluations[key]["sanity"] = warnings
