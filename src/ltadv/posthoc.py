@@ -31,7 +31,7 @@ from .data import build_data
 from .data.sampler import balanced_order
 from .evaluate import to_float
 from .models.heads import LinearHead
-from .results import RESULT, read_record, write_json_atomic
+from .results import RESULT, environment, read_record, write_json_atomic
 from .train import CKPT_DIR, evaluate_run, make_model, pick_device
 
 
@@ -142,7 +142,8 @@ def run_posthoc(run_dir, out, tau_norm: float | None = None, lws_epochs: int | N
         info["scales"][which] = [float(v) for v in g.cpu()]
         ckpt.save_weights(out / CKPT_DIR / f"{which}.safetensors", model)
     new = {k: v for k, v in record.items() if k not in ("metrics", "metrics_by_checkpoint", "eval")}
-    new.update(status="trained", posthoc=info)
+    new.update(status="trained", posthoc={**info, "source_environment": record.get("environment")},
+               environment=environment())
     write_json_atomic(out / RESULT, new)
     return evaluate_run(out, attacks or cfg.eval.attacks, checkpoints=tuple(sources), n=n, data=data, device=device,
                         log=log)

@@ -37,7 +37,7 @@ from .fast import EvalView, eval_view, keep_freed_memory
 from .methods import METHODS
 from .models import MODELS, Classifier, build_model, posthoc
 from .registry import lookup
-from .results import RESULT, git_commit, read_record, write_json_atomic
+from .results import RESULT, environment, git_commit, read_record, write_json_atomic
 
 CKPT_DIR = "checkpoints"
 EVAL_STATE = "eval_state"  # resumable attack state and per-sample flags, per checkpoint
@@ -298,6 +298,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
                       "ties": cfg.eval.select_ties},
         "protocol": cfg.protocol,
         "protocol_differences": protocol_differences(cfg),
+        "environment": environment(),
     }
     start_epoch, best_score = 0, -1.0
     if state is not None:
