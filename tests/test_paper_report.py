@@ -223,6 +223,7 @@ def test_environment_fields():
         assert isinstance(env[key], str) and env[key]
     assert isinstance(env["gpu_count"], int) and isinstance(env["cpu_count"], int)
     assert env["commit"] is None or len(env["commit"]) == 40
+    assert env["commit_dirty"] in (None, True, False)
     assert env["cuda"] is None or isinstance(env["cuda"], str)
     assert env["cudnn"] is None or isinstance(env["cudnn"], int)
     assert env["pyautoattack"] is None or isinstance(env["pyautoattack"], str)
@@ -243,7 +244,8 @@ def test_training_record_holds_the_environment(tmp_path, monkeypatch):
                                  "eval.checkpoints": ["last"], "train.progress": False})
     rec = train(cfg, tmp_path / "run", log=lambda *a, **k: None)
     env = json.loads((tmp_path / "run" / "result.json").read_text())["environment"]
-    assert env == rec["environment"] and env["torch"] == torch.__version__ and env["python"] == platform.python_version()
+    assert env == rec["environment"]
+    assert env["torch"] == torch.__version__ and env["python"] == platform.python_version()
     # per-class test counts are recorded, so class-group intervals are exact
     m = rec["metrics"]["pgd20"]
     assert sum(m["per_class_n"]) == m["n"] == 40

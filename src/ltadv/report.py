@@ -21,6 +21,13 @@ def _fmt(v, digits: int = 4) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
+def _pct(v, n: int | None = None) -> str:
+    """An accuracy fraction as % with the decimals its ``n`` test images support."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{100 * v:.{percent_decimals(n)}f}"
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     """A GitHub-flavoured Markdown table with padded columns (a dozen lines; no library needed)."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -53,9 +60,9 @@ def format_table(records: Mapping[str, Mapping], relative_to: str | None = None)
                 attack_names.append(a)
     robust = [a for a in attack_names if a != "clean"]
     last = robust[-1] if robust else None
-    header = ["run", *attack_names]
+    header = ["run", "n", *[f"{a} %" for a in attack_names]]
     if last:
-        header += [f"tail {last}", f"balanced {last}", f"worst-class {last}"]
+        header += [f"tail {last} %", f"balanced {last} %", f"worst-class {last} %"]
     header += ["best epoch", "train s/epoch", "peak MB"]
     ref = cost(records[relative_to]) if relative_to in records else None
     if ref:
@@ -63,9 +70,14 @@ def format_table(records: Mapping[str, Mapping], relative_to: str | None = None)
     rows = []
     for name, rec in records.items():
         m = rec.get("metrics") or {}
-        row = [name] + [_fmt(m[a]["overall"]) if a in m else "-" for a in attack_names]
+        n = {a: m[a].get("n") for a in m}
+        row = [name, "/".join(sorted({str(v) for v in n.values() if v})) or "-"]
+        row += [_pct(m[a]["overall"], n[a]) if a in m else "-" for a in attack_names]
         if last:
-            row += [_fmt(m[last][k]) if last in m else "-" for k in ("tail", "balanced", "worst")]
+            tail, classes = record_accuracy(rec, last, "tail"), len(m[last]["per_class"]) if last in m else 1
+            images = {"tail": tail[2] if tail else None, "balanced": n.get(last),
+                      "worst": n.get(last) // classes if n.get(last) else None}  # decimals: a class's images
+            row += [_pct(m[last][k], images[k]) if last in m else "-" for k in ("tail", "balanced", "worst")]
         c = cost(rec)
         row += [str(rec.get("best_epoch")), _fmt(c["train_s"], 2), _fmt(c["peak_mb"], 0)]
         if ref:
@@ -693,13 +705,16 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, formats=("
     written.append(out / "report.md")
     return Report(out, written, tables, groups)
 def format_attack_table(metrics: Mapping[str, Mapping], seconds: Mapping[str, float] | None = None) -> str:
-    """One row per attack of one checkpoint: overall, balanced, head / medium / tail, worst class
-    and the attack's seconds (AutoAttack: also the accuracy after each sub-attack)."""
+    """One row per attack of one checkpoint: test images, accuracy (%) overall, balanced, head / medium /
+    tail, worst class and the attack's seconds (AutoAttack: also the accuracy after each sub-attack)."""
     groups = ("overall", "balanced", "head", "medium", "tail", "worst")
     rows = []
     for name, m in metrics.items():
-        row = [name, *[_fmt(m.get(k)) for k in groups], _fmt((seconds or {}).get(name), 1)]
+        n = m.get("n")
+        per_class = n // len(m["per_class"]) if n and m.get("per_class") else None
+        row = [name, str(n or "-"), *[_pct(m.get(k), per_class if k == "worst" else n) for k in groups],
+               _fmt((seconds or {}).get(name), 1)]
         stages = m.get("stages") or {}
-        row.append(", ".join(f"{k} {v:.4f}" for k, v in stages.items()) or "-")
+        row.append(", ".join(f"{k} {_pct(v, n)}" for k, v in stages.items()) or "-")
         rows.append(row)
-    return markdown_table(["attack", *groups, "seconds", "after each sub-attack"], rows)
+    return markdown_table(["attack", "n", *[f"{g} %" for g in groups], "seconds", "% after each sub-attack"], rows)

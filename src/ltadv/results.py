@@ -73,6 +73,16 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def git_dirty() -> bool | None:
+    """Whether the ltadv checkout has uncommitted changes to tracked files (None: not a git checkout)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
 def _package_version(name: str) -> str | None:
     from importlib import metadata
 
@@ -96,9 +106,10 @@ def _cpu_model() -> str | None:
 
 
 def environment() -> dict[str, Any]:
-    """The software and hardware a run ran on, for its record: ltadv version and commit, Python, torch,
-    torchvision, CUDA and cuDNN versions (None without them), the GPUs (name and count) or else the CPU
-    model, and the AutoAttack package's version (None when it is not installed)."""
+    """The software and hardware a run ran on, for its record: ltadv version and commit (and whether the
+    checkout had uncommitted changes), Python, torch, torchvision, CUDA and cuDNN versions (None without
+    them), the GPUs (name and count; 0 and None on a CPU) and the CPU model, and the AutoAttack
+    package's version (None when it is not installed)."""
     import platform
 
     import torch
@@ -110,6 +121,7 @@ def environment() -> dict[str, Any]:
     return {
         "ltadv": __version__,
         "commit": git_commit(),
+        "commit_dirty": git_dirty(),  # the commit alone does not name the code that ran
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision": _package_version("torchvision"),
