@@ -200,11 +200,13 @@ def test_figures_have_expected_artists(runs):
     assert ax2.get_yscale() == "log" and list(ax2.lines[0].get_ydata()) == groups[0].class_counts()
 
     fig = tau_b_curve(groups)
-    # one series per method (the other differing key): overall + tail lines each
-    assert len(fig.axes[0].lines) == 2 * 2
+    # one series per method (the other differing key): overall + tail lines each; the two-seed `at`
+    # at its one tau_b gets its ± 1 std as error bars (a band needs two points)
+    assert len([ln for ln in fig.axes[0].lines if ln.get_marker() == "o"]) == 2 * 2
+    assert len(fig.axes[0].containers) == 2
 
     fig = aug_stack_curve(groups)  # no aug differences: every group is its own series at x = 0
-    assert len(fig.axes[0].lines) == 2 * len(groups)
+    assert len([ln for ln in fig.axes[0].lines if ln.get_marker() == "o"]) == 2 * len(groups)
 
 
 def test_aug_stack_figure_and_relative_to_error(tmp_path):

@@ -490,7 +490,7 @@ def cost_table(groups: list[Group], relative_to: str | None = None) -> Table:
     rows = []
     for g in groups:
         c = g.cost()
-        best = sorted({str(r.get("best_epoch")) for r in g.records})
+        best = [str(b) for b in sorted({r.get("best_epoch") for r in g.records}, key=lambda b: (b is None, b or 0))]
         row = [g.label, len(g.runs), max(len(r.get("epochs") or []) for r in g.records), "/".join(best),
                c["train_s"], c["eval_s"], c["peak_mb"]]
         if ref:

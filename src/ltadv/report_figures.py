@@ -95,8 +95,9 @@ def _mark_lr(ax, marks: list[tuple[int, float]], text: bool) -> None:
     for e, lr in marks:
         ax.axvline(e - 0.5, color="0.35", ls=":", lw=1.0, zorder=1)
         if text:
-            ax.annotate(f"lr {lr:.3g}", (e - 0.5, 1.0), xycoords=("data", "axes fraction"), xytext=(2, -2),
-                        textcoords="offset points", fontsize=7, color="0.3", va="top", ha="left")
+            ax.annotate(f"lr {lr:.3g}", (e - 0.5, 0.0), xycoords=("data", "axes fraction"), xytext=(2, 3),
+                        textcoords="offset points", fontsize=7, color="0.3", va="bottom", ha="left",
+                        bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8})
 
 
 def _seed_counts(groups: list[Group]) -> list[int]:
@@ -166,7 +167,7 @@ def overfitting_curves(groups: list[Group]) -> Figure:
                         markeredgecolor="black", markeredgewidth=0.5)
     marks = lr_changes(groups)
     for ax in axes:
-        _mark_lr(ax, marks, text=ax is axes[1])
+        _mark_lr(ax, marks, text=True)
         _integer_epochs(ax)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -179,9 +180,10 @@ def overfitting_curves(groups: list[Group]) -> Figure:
         axes[1].set_title("clean accuracy: not evaluated per epoch", fontsize=10)
         axes[1].text(0.5, 0.5, "eval.select_on last:\nno per-epoch evaluation", ha="center", va="center",
                      transform=axes[1].transAxes, color="0.4")
+        axes[1].set_ylim(0, 100)
     colour_handles = [Line2D([], [], color=COLORS[i % len(COLORS)], lw=2, label=g.label) for i, g in enumerate(groups)]
-    style = [Line2D([], [], color="0.2", lw=1.6, label=f"{split} split" if where else "selection: last epoch"),
-             Line2D([], [], color="0.2", lw=1.2, ls="--", label="training batches (training attack)")]
+    style = [Line2D([], [], color="0.2", lw=1.6, label=f"{split} split")] if where else []
+    style.append(Line2D([], [], color="0.2", lw=1.2, ls="--", label="training batches (training attack)"))
     if where:
         style.append(Line2D([], [], color="0.2", marker="*", ms=10, ls="none", label="best epoch (selected)"))
     if marks:
@@ -189,7 +191,8 @@ def overfitting_curves(groups: list[Group]) -> Figure:
     band = band_label(groups)
     if band:
         style.append(Patch(color="0.2", alpha=0.2, label=band))
-    fig.suptitle(f"Training curves, best epoch chosen on: {split}", fontsize=11)
+    fig.suptitle(f"Training curves, best epoch chosen on: {split}" if where else
+                 "Training curves (the last epoch is the result: no per-epoch evaluation)", fontsize=11)
     _legend_below(fig, colour_handles + style, ncol=3)
     return fig
 
@@ -255,8 +258,9 @@ def classwise_robustness(groups: list[Group], attack: str | None = None) -> Figu
         rs = sorted(rank_of[c] for c in class_groups.get(k) or [] if c in rank_of)
         if rs:
             ax_c.axvspan(rs[0] - 0.5, rs[-1] + 0.5, color=shade, zorder=0)
-            ax_c.annotate(k, ((rs[0] + rs[-1]) / 2, 1.0), xycoords=("data", "axes fraction"), xytext=(0, -3),
-                          textcoords="offset points", ha="center", va="top", fontsize=8, color="0.35")
+            ax_c.annotate(k, ((rs[0] + rs[-1]) / 2, 0.0), xycoords=("data", "axes fraction"), xytext=(0, 3),
+                          textcoords="offset points", ha="center", va="bottom", fontsize=8, color="0.35",
+                          bbox={"boxstyle": "square,pad=0.1", "fc": shade, "ec": "none", "alpha": 0.8})
     many = n_classes > 30
     for i, g in enumerate(groups):
         color = COLORS[i % len(COLORS)]
@@ -265,7 +269,7 @@ def classwise_robustness(groups: list[Group], attack: str | None = None) -> Figu
         xs = [r for r, _ in pts]
         means = [PERCENT * s.mean for _, s in pts]
         stds = [PERCENT * (s.std or 0.0) for _, s in pts]
-        ax_c.plot(xs, means, color=color, lw=1.3 if many else 1.5, marker=None if many else "o", ms=3.5)
+        ax_c.plot(xs, means, color=color, lw=1.0 if many else 1.5, marker=None if many else "o", ms=3.5)
         _band(ax_c, xs, means, stds, color)
     ax_c.set_xlim(0.5, n_classes + 0.5)
     ax_c.set_ylim(0, 100)
@@ -327,6 +331,8 @@ def _metric_lines(ax, groups_by_x: dict, attack: str, color, label: str) -> None
         means = [PERCENT * s.mean for _, s in pts]
         stds = [PERCENT * (s.std or 0.0) for _, s in pts]
         ax.plot(px, means, ls=ls, marker="o", ms=4, color=color, label=f"{label} {name}".strip())
+        if len(px) == 1 and stds[0]:  # a band needs two points: the same ± 1 std as an error bar
+            ax.errorbar(px, means, yerr=stds, color=color, alpha=0.5, capsize=3, ls="none")
         _band(ax, px, means, stds, color, alpha=0.12)
 
 
