@@ -89,7 +89,8 @@ def format_table(records: Mapping[str, Mapping], relative_to: str | None = None)
 
 # ---------------------------------------------------------------------------------------------------
 # `ltadv report`: every run record under a folder -> seed-averaged tables (Markdown, CSV, LaTeX) and
-# figures (report_figures.py). Runs whose configs differ only in the seed form one group (mean +- std).
+# figures (report_figures.py). Runs whose configs differ only in the seed form one group (one run per
+# seed); accuracies carry 95% intervals (ltadv.intervals).
 # Tables are hand-written in the three formats because pandas is not a dependency and the formats
 # needed here are a few lines each.
 # ---------------------------------------------------------------------------------------------------
@@ -508,7 +509,8 @@ def classwise_table(groups: list[Group]) -> Table:
     width = max((len(g.class_counts()) for g in groups), default=0)
     counts = groups[0].class_counts() if groups else []
     same = all(g.class_counts() == counts for g in groups)
-    cols = [Column("run", "run", "text"), Column("attack", "attack", "text"), Column("seeds", "seeds", "int")]
+    cols = [Column("run", "run", "text"), Column("attack", "attack", "text"), Column("seeds", "seeds", "int"),
+            Column("test_images", "test images", "text")]
     cols += [Column(f"class_{i}", f"{i} ({counts[i]})" if same and i < len(counts) else str(i)) for i in range(width)]
     rows = []
     for g in groups:
@@ -518,7 +520,8 @@ def classwise_table(groups: list[Group]) -> Table:
                 tc = [t for r in g.records if (t := test_counts(r, a))]
                 if st is not None and tc and c < len(tc[0]):
                     st.images = min(t[c] for t in tc if c < len(t))
-            rows.append([g.label, ATTACK_TITLES.get(a, a), len(g.runs), *pc, *[None] * (width - len(pc))])
+            rows.append([g.label, ATTACK_TITLES.get(a, a), len(g.runs), _images_text(g), *pc,
+                         *[None] * (width - len(pc))])
     return Table("classwise", "Per-class accuracy (%), best checkpoint, mean over seeds" +
                  (" (header: class (training images))" if same else ""), cols, rows,
                  note="CSV: each class's mean and std over seeds", mark_best=False, intervals=False)
