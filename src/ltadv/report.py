@@ -74,7 +74,7 @@ def format_table(records: Mapping[str, Mapping], relative_to: str | None = None)
         row = [name, "/".join(sorted({str(v) for v in n.values() if v})) or "-"]
         row += [_pct(m[a]["overall"], n[a]) if a in m else "-" for a in attack_names]
         if last:
-            tail, classes = record_accuracy(rec, last, "tail"), len(m[last]["per_class"]) if last in m else 1
+            tail, classes = record_accuracy(rec, last, "tail"), max(1, len(m.get(last, {}).get("per_class") or []))
             images = {"tail": tail[2] if tail else None, "balanced": n.get(last),
                       "worst": n.get(last) // classes if n.get(last) else None}  # decimals: a class's images
             row += [_pct(m[last][k], images[k]) if last in m else "-" for k in ("tail", "balanced", "worst")]
