@@ -33,19 +33,20 @@ def fake_record(overrides: dict, rng: np.random.Generator, n_epochs: int = 6, at
     epochs = []
     for e in range(1, n_epochs + 1):
         clean = float(rng.uniform(0.6, 0.95))
-        epochs.append({"epoch": e, "lr": 0.1, "train_loss": float(rng.uniform(0.5, 2)),
+        epochs.append({"epoch": e, "lr": 0.1 if e <= n_epochs - 2 else 0.01, "train_loss": float(rng.uniform(0.5, 2)),
+                       "train_robust_acc": float(rng.uniform(0.3, 0.6)) * e / n_epochs,
                        "train_seconds": float(rng.uniform(1, 2)), "eval_seconds": float(rng.uniform(0.1, 0.3)),
                        "peak_mem_mb": float(rng.uniform(100, 200)), "val_clean": clean,
                        "val_robust": float(clean * rng.uniform(0.3, 0.8)), "val_robust_balanced": 0.5,
                        "val_robust_tail": 0.4})
     best = max(epochs, key=lambda r: r["val_robust"])["epoch"]
     metrics = {}
-    for a in attacks:
-        per_class = [float(v) for v in rng.uniform(0.2, 0.9, size=10)]
+    for a in attacks:  # 50 test images per class, as digits-lt's test split
+        per_class = [int(k) / 50 for k in rng.integers(10, 46, size=10)]
         metrics[a] = {"overall": float(np.mean(per_class)), "per_class": per_class,
                       "balanced": float(np.mean(per_class)), "worst": min(per_class),
                       **{k: float(np.mean([per_class[c] for c in groups[k]])) for k in ("head", "medium", "tail")},
-                      "n": 500}
+                      "n": 500, "per_class_n": [50] * 10}
     return {"ltadv_record": 1, "status": status, "config": to_dict(cfg), "class_counts": counts, "groups": groups,
             "epochs": epochs, "best_epoch": best, "metrics": metrics,
             "metrics_by_checkpoint": {"best": metrics, "last": metrics}}
@@ -117,7 +118,7 @@ def test_report_files_and_numbers(runs, tmp_path):
     root, recs = runs
     out = tmp_path / "rep"
     rep = write_report(root, out, relative_to="at_s0", log=lambda m: None)
-    for stem in ("methods", "cost", "classwise"):
+    for stem in ("methods", "groups", "cost", "classwise"):
         for ext in ("md", "csv", "tex"):
             assert (out / f"{stem}.{ext}").stat().st_size > 0
     for stem in ("overfitting", "classwise", "tau_b"):  # runs differ in tau_b; not in data.aug
@@ -126,25 +127,34 @@ def test_report_files_and_numbers(runs, tmp_path):
     assert not (out / "aug_stack.png").exists()
     assert (out / "report.md").is_file() and set(rep.paths) >= {out / "methods.csv", out / "tau_b.png"}
 
-    # method table: mean and sample std over the two seeds of `at`, plain values for one seed
+    # method table: mean and sample std over the two seeds of `at`, plain values for one seed; the
+    # test set is balanced (50 images per class), so no balanced-accuracy columns
     rows = {r["run"]: r for r in read_csv(out / "methods.csv")}
     at = [recs["at_s0"]["metrics"], recs["at_s1"]["metrics"]]
     for a in ATTACKS:
-        for k in ("overall", "tail", "balanced"):
-            vals = [m[a][k] for m in at]
-            assert float(rows["at, tau_b=1"][f"{a}_{k}"]) == pytest.approx(statistics.fmean(vals))
-            assert float(rows["at, tau_b=1"][f"{a}_{k}_std"]) == pytest.approx(statistics.stdev(vals))
+        vals = [m[a]["overall"] for m in at]
+        assert float(rows["at, tau_b=1"][f"{a}_overall"]) == pytest.approx(statistics.fmean(vals))
+        assert float(rows["at, tau_b=1"][f"{a}_overall_std"]) == pytest.approx(statistics.stdev(vals))
         single = recs["nested/bsl2"]["metrics"][a]["overall"]
         assert float(rows["at_bsl, tau_b=2"][f"{a}_overall"]) == pytest.approx(single)
         assert rows["at_bsl, tau_b=2"][f"{a}_overall_std"] == ""
-    assert rows["at, tau_b=1"]["n"] == "2"
+        assert f"{a}_balanced" not in rows["at, tau_b=1"]
+    assert rows["at, tau_b=1"]["seeds"] == "2" and rows["at, tau_b=1"]["test_images"] == "500"
     md = (out / "methods.md").read_text()
     v = [m["pgd20"]["overall"] for m in at]
-    assert f"{100 * statistics.fmean(v):.2f} ± {100 * statistics.stdev(v):.2f}" in md
-    for title in ("clean", "FGSM", "PGD-20", "CW", "AA"):
+    # two seeds: mean ± half-width of the 95% t interval, t(0.975, 1 df) = 12.7062 (t tables); 500 images: 1 decimal
+    half = 12.7062 * statistics.stdev(v) / 2 ** 0.5
+    assert f"{100 * statistics.fmean(v):.1f} ± {100 * half:.1f}" in md
+    for title in ("Clean", "FGSM", "PGD-20", "CW", "AA"):
         assert title in md
     tex = (out / "methods.tex").read_text()
-    assert r"\begin{tabular}" in tex and r"$\pm$" in tex and r"at\_bsl, tau\_b=2" in tex
+    assert r"\begin{tabular}" in tex and r"$\pm$" in tex and r"at\_bsl, tau\_b=2" in tex and "+-" not in tex
+
+    # group table: head / medium / tail per run and attack with their test images (3, 4, 3 classes x 50)
+    grows = [r for r in read_csv(out / "groups.csv") if r["run"] == "at_bsl, tau_b=2" and r["attack"] == "PGD-20"]
+    m = recs["nested/bsl2"]["metrics"]["pgd20"]
+    for k, images in (("head", "150"), ("medium", "200"), ("tail", "150")):
+        assert float(grows[0][k]) == pytest.approx(m[k]) and grows[0][f"{k}_images"] == images
 
     # cost table: per-epoch means over epochs, then over seeds; ratios to the reference row
     cost_rows = {r["run"]: r for r in read_csv(out / "cost.csv")}
@@ -168,24 +178,35 @@ def test_figures_have_expected_artists(runs):
     groups = group_runs(load_records(root, log=lambda m: None))
     fig = overfitting_curves(groups)
     robust_ax, clean_ax = fig.axes
-    assert len(robust_ax.lines) == len(clean_ax.lines) == 2 * len(groups)  # curve + best-epoch star per group
-    assert [len(line.get_xdata()) for line in robust_ax.lines[::2]] == [6, 6, 6]
+    robust = [ln for ln in robust_ax.lines if ln.get_linestyle() == "-"]
+    train = [ln for ln in robust_ax.lines if ln.get_linestyle() == "--"]
+    stars = [ln for ln in robust_ax.lines if ln.get_marker() == "*"]
+    assert len(robust) == len(train) == len(stars) == len(groups)
+    assert [len(line.get_xdata()) for line in robust] == [6, 6, 6]
+    # values in %: the single-seed group's selection curve and training-robustness curve
+    rec = groups[1].records[0]
+    assert list(robust[1].get_ydata()) == pytest.approx([100 * e["val_robust"] for e in rec["epochs"]])
+    assert list(train[1].get_ydata()) == pytest.approx([100 * e["train_robust_acc"] for e in rec["epochs"]])
     # the single-seed group's star sits at its recorded best epoch
-    assert robust_ax.lines[3].get_xdata()[0] == groups[1].records[0]["best_epoch"]
+    assert stars[1].get_xdata()[0] == rec["best_epoch"]
+    assert "validation" in robust_ax.get_title()
 
     fig = classwise_bars(groups)
-    ax, ax2 = fig.axes
-    assert len(ax.patches) == len(groups) * 10
-    heights = [p.get_height() for p in ax.patches[10:20]]
-    assert heights == pytest.approx(groups[1].records[0]["metrics"]["aa"]["per_class"])  # strongest shared: AA
+    ax_g, ax_c, ax2 = fig.axes
+    assert len(ax_g.patches) == len(groups) * 3  # head, medium, tail per group
+    assert [p.get_height() for p in ax_g.patches[3:6]] == pytest.approx(
+        [100 * rec["metrics"]["aa"][k] for k in ("head", "medium", "tail")])  # strongest shared: AA
+    assert list(ax_c.lines[1].get_ydata()) == pytest.approx([100 * v for v in rec["metrics"]["aa"]["per_class"]])
     assert ax2.get_yscale() == "log" and list(ax2.lines[0].get_ydata()) == groups[0].class_counts()
 
     fig = tau_b_curve(groups)
-    # one series per method (the other differing key): overall + tail lines each
-    assert len(fig.axes[0].lines) == 2 * 2
+    # one series per method (the other differing key): overall + tail lines each; the two-seed `at`
+    # at its one tau_b gets its ± 1 std as error bars (a band needs two points)
+    assert len([ln for ln in fig.axes[0].lines if ln.get_marker() == "o"]) == 2 * 2
+    assert len(fig.axes[0].containers) == 2
 
     fig = aug_stack_curve(groups)  # no aug differences: every group is its own series at x = 0
-    assert len(fig.axes[0].lines) == 2 * len(groups)
+    assert len([ln for ln in fig.axes[0].lines if ln.get_marker() == "o"]) == 2 * len(groups)
 
 
 def test_aug_stack_figure_and_relative_to_error(tmp_path):
@@ -204,8 +225,8 @@ def test_aug_stack_figure_and_relative_to_error(tmp_path):
     ax = aug_stack_curve(groups).axes[0]
     assert len(ax.lines) == 2  # one series: overall + tail
     assert list(ax.lines[0].get_xdata()) == [0, 1, 2]
-    # x = 1 averages the two one-augmentation sets
-    mean1 = statistics.fmean(g.records[0]["metrics"]["aa"]["overall"] for g in groups[1:3])
+    # x = 1 averages the two one-augmentation sets (in %)
+    mean1 = 100 * statistics.fmean(g.records[0]["metrics"]["aa"]["overall"] for g in groups[1:3])
     assert ax.lines[0].get_ydata()[1] == pytest.approx(mean1)
 
     with pytest.raises(ValueError, match="matches no run"):

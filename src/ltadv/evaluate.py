@@ -53,6 +53,7 @@ def summarize(flags: torch.Tensor, y: torch.Tensor, num_classes: int, groups: di
         "balanced": sum(present) / len(present) if present else float("nan"),
         "worst": min(present) if present else float("nan"),
         "n": int(len(flags)),
+        "per_class_n": [int((y == c).sum()) for c in range(num_classes)],  # for the report's intervals
     }
     for g, classes in groups.items():
         vals = [per_class[c] for c in classes if not math.isnan(per_class[c])]

@@ -30,7 +30,7 @@ from .data import build_data
 from .data.sampler import balanced_order
 from .evaluate import to_float
 from .models.heads import LinearHead
-from .results import RECORD_KEYS, RESULT, read_record, write_json_atomic
+from .results import RECORD_KEYS, RESULT, environment, read_record, write_json_atomic
 from .rundir import RunGuard
 from .train import CKPT_DIR, build_checked, evaluate_run, pick_device
 
@@ -156,7 +156,8 @@ def _write_posthoc(run_dir, out, record, cfg, models, data, tau_norm, lws_epochs
         info["scales"][which] = [float(v) for v in g.cpu()]
         ckpt.save_weights(out / CKPT_DIR / f"{which}.safetensors", model)
     new = {k: v for k, v in record.items() if k not in ("metrics", "metrics_by_checkpoint", "eval")}
-    new.update(status="trained", posthoc=info)
+    new.update(status="trained", posthoc={**info, "source_environment": record.get("environment")},
+               environment=environment())
     write_json_atomic(out / RESULT, new)
     return evaluate_run(out, attacks or cfg.eval.attacks, checkpoints=tuple(sources), n=n, data=data, device=device,
                         log=log)

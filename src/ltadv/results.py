@@ -96,3 +96,67 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def git_dirty() -> bool | None:
+    """Whether the ltadv checkout has uncommitted changes to tracked files (None: not a git checkout)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
+def _package_version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str | None:
+    """The CPU's marketing name (Linux ``/proc/cpuinfo``; elsewhere ``platform.processor()``)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware")) and ":" in line:
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or None
+
+
+def environment() -> dict[str, Any]:
+    """The software and hardware a run ran on, for its record: ltadv version and commit (and whether the
+    checkout had uncommitted changes), Python, torch, torchvision, CUDA and cuDNN versions (None without
+    them), the GPUs (name and count; 0 and None on a CPU) and the CPU model, and the AutoAttack
+    package's version (None when it is not installed)."""
+    import platform
+
+    import torch
+
+    from . import __version__
+
+    cuda = torch.cuda.is_available()
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {
+        "ltadv": __version__,
+        "commit": git_commit(),
+        "commit_dirty": git_dirty(),  # the commit alone does not name the code that ran
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": _package_version("torchvision"),
+        "numpy": _package_version("numpy"),
+        "cuda": torch.version.cuda,
+        "cudnn": int(cudnn) if cudnn is not None else None,
+        "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "gpu_count": torch.cuda.device_count() if cuda else 0,
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "pyautoattack": _package_version("pyautoattack"),
+    }

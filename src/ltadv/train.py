@@ -37,7 +37,7 @@ from .models import MODELS, Classifier, build_model, posthoc
 from .nonfinite import check_weights, finite_loss
 from .progress import Progress
 from .registry import lookup
-from .results import RECORD_KEYS, RESULT, git_commit, read_record, write_json_atomic
+from .results import RECORD_KEYS, RESULT, environment, git_commit, read_record, write_json_atomic
 from .rundir import CKPT_DIR, EVAL_STATE, SUBSET_FILE, RunDirError, RunGuard, RunLock, guarded_run
 
 __all__ = ["CKPT_DIR", "EVAL_STATE", "RunDirError", "evaluate_run", "load_run_model", "train"]
@@ -307,6 +307,7 @@ def _train(cfg: Config, out: Path, resume: bool, force: bool, log, guard: RunGua
                       "ties": cfg.eval.select_ties},
         "protocol": cfg.protocol,
         "protocol_differences": protocol_differences(cfg),
+        "environment": environment(),
     }
     start_epoch, best_score = 0, -1.0
     if state is not None:
