@@ -71,17 +71,20 @@ def test_progress_lines_without_a_terminal(tmp_path, capsys):
 
 def test_progress_line_rate_and_eta():
     logged = []
-    p = Progress(4, "stage", enabled=True, log=logged.append, every=1e9, images_per_step=10)
+    p = Progress(4, "stage", enabled=True, log=logged.append, every=0, images_per_step=10)
     p.lines = True  # as without a terminal
     p.update(1)
-    p.update(1)  # within `every` seconds: no second line
-    p.update(2)  # the last step always reports
-    assert len(logged) == 2 and logged[0].startswith("stage: 1/4 batches, ") and "ETA" in logged[0]
-    assert logged[1].startswith("stage: 4/4 batches") and "ETA" not in logged[1]
-    quiet = []
-    q = Progress(3, "x", enabled=False, log=quiet.append)
-    q.update(3)
-    assert quiet == []
+    p.update(3)
+    assert len(logged) == 2 and logged[0].startswith("stage: 1/4 batches, ") and "img/s" in logged[0]
+    assert "ETA" in logged[0] and logged[1].startswith("stage: 4/4 batches") and "ETA" not in logged[1]
+    slow = []
+    q = Progress(4, "x", enabled=True, log=slow.append, every=1e9)
+    q.lines = True
+    q.update(4)  # a loop shorter than `every`: no line (the caller's summary follows)
+    off = []
+    r = Progress(3, "x", enabled=False, log=off.append, every=0)
+    r.update(3)
+    assert slow == [] and off == []
 
 
 def test_max_batches_smoke_test(tmp_path):

@@ -1,10 +1,10 @@
 """Progress that works with and without a terminal.
 
 On a terminal, a tqdm bar (stderr). Without one (a job logging to a file, a Slurm job, a sweep
-cell), tqdm stays silent, so a plain line goes to ``log`` at the first step, then at most every
-``every`` seconds and at the end: ``epoch 3/100: 40/110 batches, 212 img/s, ETA 0:00:42``. tqdm has
-no such line mode (its ``mininterval`` still redraws one line with carriage returns), hence this
-small wrapper.
+cell), tqdm stays silent, so a plain line goes to ``log`` every ``every`` seconds (0: every step):
+``epoch 3/100: 40/110 batches, 212 img/s, ETA 0:00:42``. A loop shorter than ``every`` prints none
+(its caller's summary line follows it). tqdm has no such line mode (its ``mininterval`` still redraws
+one line with carriage returns), hence this small wrapper.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class Progress:
         self.images_per_step = images_per_step
         self.done = initial
         self.start = time.perf_counter()
-        self.last_line: float | None = None
+        self.last_line = self.start
         self.postfix = ""
         self.lines = enabled and not on_terminal()
         self.bar = tqdm(total=total, initial=initial, desc=desc, leave=False, disable=not enabled or self.lines)
@@ -43,7 +43,7 @@ class Progress:
         self.bar.update(n)
         if self.lines:
             now = time.perf_counter()
-            if self.last_line is None or now - self.last_line >= self.every or self.done >= self.total:
+            if now - self.last_line >= self.every:
                 self.last_line = now
                 self.log(self.line(now))
 
