@@ -126,6 +126,15 @@ def test_balanced_columns_only_on_imbalanced_test_sets(tmp_path):
     assert not any("bal." in c.title for c in method_table(groups_of(tmp_path / "3", {"a": old})).columns)
 
 
+def test_terminal_table_shows_balanced_only_on_imbalanced_test_sets():
+    from ltadv.report import format_table
+
+    head = format_table({"a": one_run(40, n=100)}).splitlines()[0]
+    assert "balanced" not in head and "worst-class pgd20 %" in head and "tail pgd20 %" in head
+    uneven = [5, 15, 10, 10, 10, 10, 10, 10, 10, 10]
+    assert "balanced pgd20 %" in format_table({"a": one_run(40, n=100, per_class_n=uneven)}).splitlines()[0]
+
+
 def test_group_cells_show_their_images_and_few_decimals(tmp_path):
     # 150 test images (15 per class): the tail (3 classes) holds 45 images, so whole percents
     rec = one_run(90, n=150)

@@ -61,9 +61,13 @@ def format_table(records: Mapping[str, Mapping], relative_to: str | None = None)
                 attack_names.append(a)
     robust = [a for a in attack_names if a != "clean"]
     last = robust[-1] if robust else None
+    # balanced accuracy equals overall accuracy on a balanced test set: shown only when some is not
+    balanced = last is not None and not all(
+        (c := test_counts(rec, last)) is not None and len(set(c)) == 1 for rec in records.values())
+    keys = ("tail", "balanced", "worst") if balanced else ("tail", "worst")
     header = ["run", "n", *[f"{a} %" for a in attack_names]]
     if last:
-        header += [f"tail {last} %", f"balanced {last} %", f"worst-class {last} %"]
+        header += [f"tail {last} %", *([f"balanced {last} %"] if balanced else []), f"worst-class {last} %"]
     header += ["best epoch", "train s/epoch", "peak MB"]
     ref = cost(records[relative_to]) if relative_to in records else None
     if ref:
@@ -78,7 +82,7 @@ def format_table(records: Mapping[str, Mapping], relative_to: str | None = None)
             tail, classes = record_accuracy(rec, last, "tail"), max(1, len(m.get(last, {}).get("per_class") or []))
             images = {"tail": tail[2] if tail else None, "balanced": n.get(last),
                       "worst": n.get(last) // classes if n.get(last) else None}  # decimals: a class's images
-            row += [_pct(m[last][k], images[k]) if last in m else "-" for k in ("tail", "balanced", "worst")]
+            row += [_pct(m[last][k], images[k]) if last in m else "-" for k in keys]
         c = cost(rec)
         row += [str(rec.get("best_epoch")), _fmt(c["train_s"], 2), _fmt(c["peak_mb"], 0)]
         if ref:
