@@ -425,3 +425,15 @@ def test_run_takes_the_protocols_method_and_data(folders, tmp_path, capsys):
     assert main(["run", "--protocol", "at-bsl-cifar10", "--data-root", str(folders), "--out", str(out), *SHORT]) == 0
     rec = json.loads((out / "result.json").read_text())  # one method: the run folder is the run itself
     assert rec["config"]["method"]["name"] == "at_bsl" and rec["config"]["data"]["name"] == "cifar10-lt"
+
+
+def test_protocols_command_lists_and_shows(capsys):
+    assert main(["protocols"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line and not line.startswith("use:")]
+    assert [line.split()[0] for line in lines] == sorted(AUTHORS)
+    assert all("arXiv" in line or "OpenReview" in line for line in lines)
+    assert any("code: NISPLab/AT-BSL" in line for line in lines)
+    assert main(["protocols", "robal-n-cifar10"]) == 0
+    shown = capsys.readouterr().out
+    assert "repository: wutong16/Adversarial_Long-Tail" in shown and "lr_schedule: compound" in shown
+    assert main(["protocols", "robal"]) == 2
