@@ -94,7 +94,8 @@ def test_load_records_skips_unfinished_and_corrupt(runs):
 def test_groups_and_labels(runs):
     root, _ = runs
     groups = group_runs(load_records(root, log=lambda m: None))
-    assert [g.label for g in groups] == ["at, tau_b=1", "at_bsl, tau_b=1", "at_bsl, tau_b=2"]
+    # tau_b tells the at_bsl rows apart; AT has one value, which its name already implies
+    assert [g.label for g in groups] == ["at", "at_bsl, tau_b=1", "at_bsl, tau_b=2"]
     assert [len(g.runs) for g in groups] == [2, 1, 1]
     assert sorted(groups[0].seeds) == [0, 1]
     # seeds evaluated with other attacks (or on another device) still average together
@@ -107,6 +108,11 @@ def test_groups_and_labels(runs):
         == ["aug=none", "aug=ra+cutmix"]
     assert make_labels([{"attack.eps": 0.1, "eval.eps": 0.1}, {"attack.eps": 0.2, "eval.eps": 0.3}]) \
         == ["attack.eps=0.1, eval.eps=0.1", "attack.eps=0.2, eval.eps=0.3"]
+    # a method's preset is not spelled out (lt_baselines: at_rs is sampler=balanced); tau_p splits the at rows
+    cfgs = [{"method.name": "at", "data.sampler": "uniform", "method.tau_p": 0.0},
+            {"method.name": "at", "data.sampler": "uniform", "method.tau_p": 1.0},
+            {"method.name": "at_rs", "data.sampler": "balanced", "method.tau_p": 0.0}]
+    assert make_labels(cfgs) == ["at, tau_p=0", "at, tau_p=1", "at_rs"]
 
 
 def read_csv(path):
@@ -133,13 +139,13 @@ def test_report_files_and_numbers(runs, tmp_path):
     at = [recs["at_s0"]["metrics"], recs["at_s1"]["metrics"]]
     for a in ATTACKS:
         vals = [m[a]["overall"] for m in at]
-        assert float(rows["at, tau_b=1"][f"{a}_overall"]) == pytest.approx(statistics.fmean(vals))
-        assert float(rows["at, tau_b=1"][f"{a}_overall_std"]) == pytest.approx(statistics.stdev(vals))
+        assert float(rows["at"][f"{a}_overall"]) == pytest.approx(statistics.fmean(vals))
+        assert float(rows["at"][f"{a}_overall_std"]) == pytest.approx(statistics.stdev(vals))
         single = recs["nested/bsl2"]["metrics"][a]["overall"]
         assert float(rows["at_bsl, tau_b=2"][f"{a}_overall"]) == pytest.approx(single)
         assert rows["at_bsl, tau_b=2"][f"{a}_overall_std"] == ""
-        assert f"{a}_balanced" not in rows["at, tau_b=1"]
-    assert rows["at, tau_b=1"]["seeds"] == "2" and rows["at, tau_b=1"]["test_images"] == "500"
+        assert f"{a}_balanced" not in rows["at"]
+    assert rows["at"]["seeds"] == "2" and rows["at"]["test_images"] == "500"
     md = (out / "methods.md").read_text()
     v = [m["pgd20"]["overall"] for m in at]
     # two seeds: mean ± half-width of the 95% t interval, t(0.975, 1 df) = 12.7062 (t tables); 500 images: 1 decimal
@@ -159,15 +165,15 @@ def test_report_files_and_numbers(runs, tmp_path):
     # cost table: per-epoch means over epochs, then over seeds; ratios to the reference row
     cost_rows = {r["run"]: r for r in read_csv(out / "cost.csv")}
     per_run = [statistics.fmean(e["train_seconds"] for e in recs[n]["epochs"]) for n in ("at_s0", "at_s1")]
-    assert float(cost_rows["at, tau_b=1"]["train_s_per_epoch"]) == pytest.approx(statistics.fmean(per_run))
+    assert float(cost_rows["at"]["train_s_per_epoch"]) == pytest.approx(statistics.fmean(per_run))
     bsl = statistics.fmean(e["train_seconds"] for e in recs["nested/bsl1"]["epochs"])
     assert float(cost_rows["at_bsl, tau_b=1"]["time_ratio"]) == pytest.approx(bsl / statistics.fmean(per_run))
-    assert float(cost_rows["at, tau_b=1"]["time_ratio"]) == pytest.approx(1.0)
+    assert float(cost_rows["at"]["time_ratio"]) == pytest.approx(1.0)
     peak = max(e["peak_mem_mb"] for e in recs["nested/bsl2"]["epochs"])
     assert float(cost_rows["at_bsl, tau_b=2"]["peak_mem_mb"]) == pytest.approx(peak)
 
     # class-wise table: one row per run and attack, per-class means
-    cw = [r for r in read_csv(out / "classwise.csv") if r["run"] == "at, tau_b=1" and r["attack"] == "PGD-20"]
+    cw = [r for r in read_csv(out / "classwise.csv") if r["run"] == "at" and r["attack"] == "PGD-20"]
     assert len(cw) == 1 and len(read_csv(out / "classwise.csv")) == 3 * len(ATTACKS)
     for c in range(10):
         assert float(cw[0][f"class_{c}"]) == pytest.approx(statistics.fmean(m["pgd20"]["per_class"][c] for m in at))

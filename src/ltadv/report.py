@@ -379,8 +379,10 @@ def differing_keys(configs: list[dict]) -> list[str]:
 def make_labels(configs: list[dict]) -> list[str]:
     """A readable row label per config from what differs: ``at_bsl, tau_b=1.5, aug=ra+cutmix``.
 
-    The method name stands alone; other keys are written by their last part (the full dotted key when
-    two differing keys share it). With nothing differing, the method name."""
+    The method name stands alone; another key is written (by its last part, or the full dotted key
+    when two differing keys share it) only where it tells this config apart from another of the same
+    method, so a method's own preset (``at_rs``: ``sampler=balanced``) is not spelled out on its row.
+    With nothing differing, the method name."""
     diff = differing_keys(configs)
     diff = ([k for k in diff if k == "method.name"] + [k for k in diff if k != "method.name"])
     shorts = [k.rsplit(".", 1)[-1] for k in diff]
@@ -388,10 +390,13 @@ def make_labels(configs: list[dict]) -> list[str]:
     labels = []
     for c in configs:
         parts = []
+        same_method = [o for o in configs if o.get("method.name") == c.get("method.name")]
         for k, s in zip(diff, shorts):
             if k == "method.name":
                 parts.append(str(c.get(k)))
                 continue
+            if len({repr(o.get(k)) for o in same_method}) == 1 and "method.name" in diff:
+                continue  # implied by the method name (its preset) here
             name = s if shorts.count(s) == 1 else k
             parts.append(f"{names.get(name, name)}={_value_text(k, c.get(k))}")
         labels.append(", ".join(parts) or str(c.get("method.name", "run")))
