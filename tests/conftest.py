@@ -32,6 +32,16 @@ def write_cifar10(root: Path, n_per_class_train: int = 12, n_per_class_test: int
     return {"xtr": xtr, "ytr": ytr, "xte": xte, "yte": yte}
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and a shared CPU does not thrash (opt in per module with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def cifar_root(tmp_path):
     arrays = write_cifar10(tmp_path / "data")

@@ -21,12 +21,7 @@ ATBSL = AttackSettings(alpha=2 / 255, fgsm_init="normal", pgd_init="uniform", cl
 ROBAL = AttackSettings(alpha=0.0078, pgd_init="uniform", mim_init="uniform", clamp_start=False)  # RoBal test_step_size
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(num_classes=4, seed=0):

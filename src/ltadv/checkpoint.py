@@ -21,6 +21,11 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt or from another model; the message names the file."""
 
 
+def atomic_write(path: Path, write) -> None:
+    """``write(tmp)`` then an fsync'd rename onto ``path``: a crash or a full disk leaves the old file."""
+    _atomic(Path(path), write)
+
+
 def _atomic(path: Path, write) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,16 +99,22 @@ def header_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
 
 def check_header(path: str | Path, expected: dict[str, tuple[int, ...]]) -> None:
     """The file's tensors are exactly ``expected`` (names and shapes), read from its header only."""
-    found = header_shapes(path)
-    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
-    shapes = [k for k in expected if k in found and found[k] != tuple(expected[k])]
-    if missing or extra or shapes:
-        if missing or extra:
-            detail = f"missing {missing[:2]}" if missing else f"unexpected {extra[:2]}"
-        else:
-            k = shapes[0]
-            detail = f"shape of {k} is {found[k]}, the model described with it has {tuple(expected[k])}"
+    detail = _mismatch({k: tuple(v) for k, v in expected.items()}, header_shapes(path),
+                       "the model described with it")
+    if detail:
         raise CheckpointError(f"checkpoint {path} is from another model or class count ({detail})")
+
+
+def _mismatch(own: dict[str, tuple], found: dict[str, tuple], own_name: str = "model") -> str | None:
+    """What differs between a model's tensor shapes and a file's (names first, then shapes), or None."""
+    missing, extra = sorted(set(own) - set(found)), sorted(set(found) - set(own))
+    if missing or extra:
+        return f"missing {missing[:2]}" if missing else f"unexpected {extra[:2]}"
+    shapes = [k for k in own if tuple(found[k]) != tuple(own[k])]
+    if not shapes:
+        return None
+    k = shapes[0]
+    return f"shape of {k} is {tuple(found[k])}, {own_name} has {tuple(own[k])}"
 
 
 MAX_CLASSES = 100_000  # far above any dataset here; a larger claim in a file is damage, not a model
@@ -150,16 +161,8 @@ def load_weights(path: str | Path, model: torch.nn.Module) -> torch.nn.Module:
 
 
 def load_matching(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or extra or shapes:
-        if missing or extra:
-            detail = f"missing {missing[:2]}" if missing else f"unexpected {extra[:2]}"
-        else:
-            k = shapes[0]
-            detail = f"shape of {k} is {tuple(state[k].shape)}, model has {tuple(own[k].shape)}"
-
+    detail = _mismatch({k: tuple(v.shape) for k, v in model.state_dict().items()},
+                       {k: tuple(v.shape) for k, v in state.items()})
+    if detail:
         raise CheckpointError(f"checkpoint {source} is from another model or class count ({detail})")
     model.load_state_dict(state)

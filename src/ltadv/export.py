@@ -7,8 +7,6 @@ which checkpoint and its epoch), so :func:`load_exported` rebuilds the model fro
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from safetensors import safe_open
@@ -16,7 +14,6 @@ from safetensors.torch import save_file
 
 from . import checkpoint as ckpt
 from .config import ConfigError, from_dict
-from .results import save_error
 from .train import build_checked, inference_model, load_run_model
 
 FORMAT = "ltadv-weights-1"
@@ -54,20 +51,7 @@ def export_weights(run_dir: str | Path, which: str = "best", out: str | Path | N
 
     bare = model.model if isinstance(model, LogitAdjusted) else model  # tau_p is re-applied from the config on load
     state = {k: v.detach().contiguous().cpu() for k, v in bare.state_dict().items()}
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-        os.close(fd)
-    except OSError as e:
-        raise save_error(out, e) from None
-    try:
-        save_file(state, tmp, metadata=metadata)
-        os.replace(tmp, out)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise save_error(out, e) from None
-        raise
+    ckpt.atomic_write(out, lambda tmp: save_file(state, tmp, metadata=metadata))
     return out
 
 
