@@ -359,8 +359,8 @@ def test_ties_rule():
 
     first = load_config(overrides={"data.name": "digits-lt"})
     last = load_config(overrides={"data.name": "digits-lt", "eval.select_ties": "last"})
-    assert not is_better(first, 0.5, 0.5, 4) and is_better(last, 0.5, 0.5, 4)
-    assert is_better(first, 0.6, 0.5, 4) and not is_better(last, 0.4, 0.5, 4)
+    assert not is_better(first, 0.5, 0.5) and is_better(last, 0.5, 0.5)
+    assert is_better(first, 0.6, 0.5) and not is_better(last, 0.4, 0.5)
 
 
 def test_drop_last_skips_the_short_batch(tmp_path):

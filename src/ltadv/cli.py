@@ -318,10 +318,7 @@ def cmd_subset(args, extra) -> int:
     if out.exists() and not args.force:
         raise CLIError(f"{out} already exists; pass --force to replace it")
     data = build_data(cfg.data, cfg.seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.npz")
-    write_subset_file(tmp, data)
-    os.replace(tmp, out)
+    write_subset_file(out, data)
     print(f"wrote {len(data.y_train)} training and {len(data.y_val)} validation indices of {cfg.data.name} to {out}")
     print(f"class counts: {data.class_counts}")
     print(f"train on exactly these images with --data.subset_file {out}")

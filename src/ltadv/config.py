@@ -455,6 +455,11 @@ def _check_finite(cfg: Config) -> None:
         (cfg.attack.steps <= 1_000_000, f"attack.steps must be <= 1000000, got {cfg.attack.steps}"),
         (cfg.eval.val_n is None or cfg.eval.val_n >= 1, f"eval.val_n must be >= 1, got {cfg.eval.val_n}"),
     ]
+    _require(checks)
+
+
+def _require(checks: list[tuple[bool, str]]) -> None:
+    """Raise the message of the first failed (ok, message) check as a ConfigError."""
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
@@ -520,9 +525,7 @@ def validate(cfg: Config) -> None:
         (cfg.method.ldam_max_m >= 0 and cfg.method.ldam_s > 0, "method.ldam_max_m must be >= 0 and method.ldam_s > 0"),
         (cfg.method.cdt_gamma >= 0, f"method.cdt_gamma must be >= 0, got {cfg.method.cdt_gamma}"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+    _require(checks)
     _check_protocol_fields(cfg)
     _check_outer_losses(cfg)
     _check_eval_protocol(cfg)
@@ -553,9 +556,7 @@ def _check_protocol_fields(cfg: Config) -> None:
         (e.select_ties in ("first", "last"), f"eval.select_ties must be first or last, got {e.select_ties!r}"),
         (cfg.method.scale_in in ("loss", "head"), f"method.scale_in must be loss or head, got {cfg.method.scale_in!r}"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+    _require(checks)
 
 
 def _check_outer_losses(cfg: Config) -> None:

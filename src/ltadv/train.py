@@ -72,12 +72,7 @@ def check_names(cfg: Config) -> None:
     lookup(METHODS, cfg.method.name, "method")
     for a in cfg.data.aug:
         lookup(AUGMENTATIONS, a, "augmentation")
-    from .attacks import ATTACKS
-
-    for a in (*cfg.eval.attacks, cfg.eval.val_attack):
-        check = getattr(lookup(ATTACKS, a, "attack"), "check", None)
-        if check is not None:
-            check()  # an optional dependency is missing: say so before the run folder is touched
+    check_attacks((*cfg.eval.attacks, cfg.eval.val_attack))
 
 
 def autocast_for(cfg: Config, device: torch.device):
@@ -178,8 +173,7 @@ def inference_model(model, cfg: Config, class_counts, head: str):
     multiplies by s before subtracting tau_p * log prior, so the wrapper does too. Without tau_p the
     cosine is used as is, as RoBal-R's eval config (CosPlus, scale 1) does.
     """
-    scale = cfg.method.s if head_scale(cfg, head) != cfg.method.s and cfg.method.tau_p else 1.0
-    return posthoc(model, class_counts, cfg.method.tau_p, scale=scale)
+    return posthoc(model, class_counts, cfg.method.tau_p, scale=cfg.method.s / head_scale(cfg, head))
 
 
 def build_checked(cfg: Config, meta, weights: Path, source: str) -> Classifier:
@@ -336,8 +330,8 @@ def _train(cfg: Config, out: Path, resume: bool, force: bool, log, guard: RunGua
     x_train = data.x_train.to(device)
     y_train = data.y_train.to(device)
     bs = dctx.local_batch(cfg.optim.batch_size)  # optim.batch_size is the global batch
-    log(start_banner(cfg, data, out, device, dctx.world_size, math.ceil(len(data.y_train) / cfg.optim.batch_size),
-                     record["protocol_differences"], start_epoch))
+    batches = math.ceil(epoch_stop(cfg, len(data.y_train), cfg.optim.batch_size) / cfg.optim.batch_size)
+    log(start_banner(cfg, data, out, device, dctx.world_size, batches, record["protocol_differences"], start_epoch))
     guard.begun = True  # from here an interruption or error is written into the record
     for epoch in range(start_epoch, cfg.train.epochs):
         for g in opt.param_groups:
@@ -352,10 +346,7 @@ def _train(cfg: Config, out: Path, resume: bool, force: bool, log, guard: RunGua
         forward_calls[0] = 0
         model.train()
         total_loss, total_correct, seen = 0.0, 0, 0
-        # drop_last: the LDAM-DRW/RoBal DataLoader (drop_last=True) never trains on the last short batch
-        stop = len(order) - len(order) % bs if cfg.data.drop_last and len(order) >= bs else len(order)
-        if cfg.train.max_batches is not None:  # a smoke test of the real recipe: the first N batches only
-            stop = min(stop, cfg.train.max_batches * bs)
+        stop = epoch_stop(cfg, len(order), bs)
         bar = Progress(math.ceil(stop / bs), f"epoch {epoch + 1}/{cfg.train.epochs}",
                        cfg.train.progress and dctx.is_main, log, cfg.train.log_every,
                        images_per_step=bs * dctx.world_size)
@@ -410,7 +401,7 @@ def _train(cfg: Config, out: Path, resume: bool, force: bool, log, guard: RunGua
             "val_robust_tail": val_robust["tail"],
         }
         record["epochs"].append(rec)
-        if is_better(cfg, rec["val_robust"], best_score, epoch + 1):
+        if is_better(cfg, rec["val_robust"], best_score):
             best_score = rec["val_robust"] if rec["val_robust"] is not None else best_score
             record["best_epoch"] = epoch + 1
             ckpt.save_weights(out / CKPT_DIR / "best.safetensors", model)
@@ -440,6 +431,25 @@ def _train(cfg: Config, out: Path, resume: bool, force: bool, log, guard: RunGua
     if not dctx.is_main:  # rank 0 evaluates on the test split; the others are done
         return record
     return evaluate_run(out, cfg.eval.attacks, checkpoints=cfg.eval.checkpoints, data=data, log=log)
+
+
+def epoch_stop(cfg: Config, n: int, bs: int) -> int:
+    """How many of an epoch's ``n`` images are trained on, in batches of ``bs``: all of them, less the
+    last short batch with ``data.drop_last`` (the LDAM-DRW / RoBal DataLoader's drop_last=True), at most
+    ``train.max_batches`` batches (a smoke test of a real recipe)."""
+    stop = n - n % bs if cfg.data.drop_last and n >= bs else n
+    return stop if cfg.train.max_batches is None else min(stop, cfg.train.max_batches * bs)
+
+
+def check_attacks(names) -> None:
+    """Every attack name exists and its optional dependency is installed (one clear line otherwise),
+    checked before any folder is touched or any work is done."""
+    from .attacks import ATTACKS
+
+    for a in names:
+        check = getattr(lookup(ATTACKS, a, "attack"), "check", None)
+        if check is not None:
+            check()
 
 
 def start_banner(cfg: Config, data: LTData, out: Path, device, world: int, batches: int, diffs: dict,
@@ -478,7 +488,7 @@ def selects_at(cfg: Config, epoch1: int) -> bool:
     return epoch1 >= min(cfg.eval.select_from, cfg.train.epochs)
 
 
-def is_better(cfg: Config, score: float | None, best: float, epoch1: int) -> bool:
+def is_better(cfg: Config, score: float | None, best: float) -> bool:
     """Best-epoch rule: the highest robust accuracy on the selection split; ``select_ties first`` keeps the
     earlier epoch (AT-BSL's ``rob > best_rob``), ``last`` the later (REAT's ``>= best_eval_acc``);
     ``select_on last``: every epoch replaces the previous one."""
@@ -582,12 +592,7 @@ def _evaluate_run(run_dir: Path, attacks, checkpoints, n, data, device, log, swe
                   batch_size=None, progress=None) -> dict:
     record = read_record(run_dir, required=RECORD_KEYS)
     cfg = from_dict(record["config"])
-    for a in attacks:
-        from .attacks import ATTACKS
-
-        check = getattr(lookup(ATTACKS, a, "attack"), "check", None)
-        if check is not None:
-            check()  # an optional dependency is missing: fail before any work
+    check_attacks(attacks)
     device = pick_device(device) if isinstance(device, str) else (device or pick_device(cfg.train.device))
     if torch.device(device).type == "cpu":
         keep_freed_memory()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -145,9 +146,16 @@ SUBSET_FILE_KEYS = ("train_indices", "val_indices")
 
 def write_subset_file(path, data: LTData) -> None:
     """The subset's positions in the dataset's training array, as ``train_indices`` / ``val_indices``
-    (RobustLT's split-file keys), so another run or tool can train on exactly these images."""
-    np.savez(path, train_indices=np.asarray(data.train_indices, dtype=np.int64),
-             val_indices=np.asarray(data.val_indices, dtype=np.int64))
+    (RobustLT's split-file keys), so another run or tool can train on exactly these images; written
+    atomically (the previous file stays whole if the write fails)."""
+    from ..checkpoint import atomic_write
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to the temporary name
+            np.savez(f, train_indices=np.asarray(data.train_indices, dtype=np.int64),
+                     val_indices=np.asarray(data.val_indices, dtype=np.int64))
+
+    atomic_write(Path(path), write)
 
 
 def read_subset_file(path: str, orig: np.ndarray, labels: np.ndarray,
@@ -157,8 +165,6 @@ def read_subset_file(path: str, orig: np.ndarray, labels: np.ndarray,
     ``.npz`` with ``train_indices`` and optionally ``val_indices`` (RobustLT, ltadv), or ``.npy`` with
     the training indices alone; indices are positions in the dataset's own training array.
     """
-    from pathlib import Path
-
     p = Path(path).expanduser()
     if not p.is_file():
         raise DataError(f"data.subset_file {p} not found")
