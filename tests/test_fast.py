@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from ltadv.attacks import pgd
+from ltadv.build import autocast_for
 from ltadv.config import load_config
 from ltadv.fast import EvalView, _glibc, eval_view, keep_freed_memory
 from ltadv.methods import METHODS
 from ltadv.models import MODELS, build_model
-from ltadv.train import autocast_for, train_step
+from ltadv.train import train_step
 
 
 def _model(name, head="linear", c=3):

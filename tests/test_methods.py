@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import ltadv
+from ltadv.build import make_model
 from ltadv.config import load_config
 from ltadv.losses import (
     boosted_cross_entropy,
@@ -23,7 +24,7 @@ from ltadv.methods.baselines import BASELINES
 from ltadv.models import posthoc
 from ltadv.models.heads import CosineHead
 from ltadv.sweep import expand, load_spec, run_sweep
-from ltadv.train import make_model, train
+from ltadv.train import train
 
 COUNTS = [100, 10, 1]
 FAST = {"data.name": "digits-lt", "train.epochs": 1, "train.progress": False, "attack.steps": 2,

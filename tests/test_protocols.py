@@ -16,7 +16,8 @@ from conftest import write_cifar10, write_cifar100, write_tiny_imagenet
 from ltadv.cli import main
 from ltadv.config import ConfigError, load_config, protocol_differences, protocol_names
 from ltadv.data import build_data
-from ltadv.train import lr_at, train
+from ltadv.schedule import lr_at
+from ltadv.train import train
 
 # --- the authors' values, field by field -------------------------------------------------------------------
 
@@ -355,7 +356,7 @@ def test_select_last_evaluates_nothing_per_epoch(tmp_path):
 
 
 def test_ties_rule():
-    from ltadv.train import is_better
+    from ltadv.schedule import is_better
 
     first = load_config(overrides={"data.name": "digits-lt"})
     last = load_config(overrides={"data.name": "digits-lt", "eval.select_ties": "last"})

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import ltadv
+import ltadv.build
 import ltadv.train
 from conftest import write_cifar10
 from ltadv import checkpoint as ckpt
@@ -493,14 +494,14 @@ def test_models_are_first_built_on_the_meta_device(trained, tmp_path, monkeypatc
     rec["model_meta"]["num_classes"] = 50_000  # the record lies; the weights have 10 classes
     (run / "result.json").write_text(json.dumps(rec))
     built = []
-    real = ltadv.train.make_model
+    real = ltadv.build.make_model
 
     def spy(cfg, meta):
         m = real(cfg, meta)
         built.append(next(m.parameters()).device.type)
         return m
 
-    monkeypatch.setattr(ltadv.train, "make_model", spy)
+    monkeypatch.setattr(ltadv.build, "make_model", spy)
     with pytest.raises(CheckpointError, match="shape of head.weight is \\(10, "):
         ltadv.load_model(run)
     assert built == ["meta"]  # the 50,000-class model was never allocated

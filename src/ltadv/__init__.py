@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 
 def load_model(run_dir: str | Path, which: str = "best", device=None):
@@ -21,7 +21,7 @@ def load_model(run_dir: str | Path, which: str = "best", device=None):
         from .export import load_exported
 
         return load_exported(run_dir, device)[0]
-    from .train import load_run_model
+    from .build import load_run_model
 
     model, _ = load_run_model(run_dir, which, device)
     return model

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from .build import autocast_for, memory_layouts, pick_device
 from .config import load_config
 from .data.augment import build_pipeline
 from .evaluate import robust_flags, to_float
@@ -34,7 +35,7 @@ from .fast import eval_view, heap_reuse_available, keep_freed_memory
 from .losses import balanced_softmax_loss
 from .methods import METHODS
 from .models import build_model
-from .train import autocast_for, memory_layouts, pick_device, train_step
+from .train import train_step
 
 CIFAR_STATS = ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616))
 
@@ -368,9 +369,9 @@ def bench_autoattack(model, x_u8, dev, eps, n, log=print, y=None) -> dict | None
 def bench_autoattack_run(run_dir: str | Path, n: int = 100, which: str = "best", device: str = "auto",
                          out: str | Path | None = None, log=print) -> dict | None:
     """Stock AutoAttack vs ltadv's cascade on the first ``n`` test images of a trained run."""
+    from .build import load_run_model
     from .config import from_dict
     from .data import build_data
-    from .train import load_run_model
 
     dev = pick_device(device)
     model, record = load_run_model(run_dir, which, dev)

@@ -210,7 +210,7 @@ def cmd_run(args, extra) -> int:
 
 
 def cmd_eval(args, extra) -> int:
-    from .train import evaluate_run
+    from .run_eval import evaluate_run
 
     _reject_extra(extra)
     attacks = [a for a in args.attacks.split(",") if a]
@@ -501,8 +501,8 @@ def main(argv: list[str] | None = None) -> int:
         args.data = "digits-lt"
     from .checkpoint import CheckpointError
     from .data import DataError
+    from .rundir import RunDirError
     from .sweep import SweepError
-    from .train import RunDirError
 
     try:
         return args.func(args, extra)

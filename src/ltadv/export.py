@@ -13,8 +13,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from . import checkpoint as ckpt
+from .build import build_checked, inference_model, load_run_model
 from .config import ConfigError, from_dict
-from .train import build_checked, inference_model, load_run_model
 
 FORMAT = "ltadv-weights-1"
 

@@ -25,14 +25,15 @@ import torch.nn as nn
 
 from . import checkpoint as ckpt
 from .attacks import pgd
+from .build import build_checked, pick_device
 from .config import from_dict
 from .data import build_data
 from .data.sampler import balanced_order
 from .evaluate import to_float
 from .models.heads import LinearHead
 from .results import RECORD_KEYS, RESULT, environment, read_record, write_json_atomic
-from .rundir import RunGuard
-from .train import CKPT_DIR, build_checked, evaluate_run, pick_device
+from .run_eval import evaluate_run
+from .rundir import CKPT_DIR, RunGuard
 
 
 class PosthocError(ValueError):

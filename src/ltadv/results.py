@@ -139,7 +139,7 @@ def environment() -> dict[str, Any]:
 
     import torch
 
-    from . import __version__
+    from ._version import __version__
 
     cuda = torch.cuda.is_available()
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
