@@ -98,3 +98,49 @@ def test_docs_examples_run(page, tmp_path, monkeypatch, capsys):
         out = capsys.readouterr()
         for text in expect:
             assert text in out.out + out.err, f"{page}: {text!r} not printed by:\n{code}"
+
+
+def doc_commands():
+    """(file, command line, arguments after `ltadv`) of every ltadv command in a bash block of the README
+    and the docs (also `torchrun ... -m ltadv ...` and `a && b`); lines with placeholders such as
+    `[--n N]` or `...` are left out."""
+    for path in [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]:
+        for block in re.findall(r"```bash\n(.*?)\n```", path.read_text(), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                for part in line.split("&&"):
+                    args = shlex.split(part, comments=True)
+                    if not args or args[0] not in ("ltadv", "torchrun") or "ltadv" not in args:
+                        continue
+                    if any("[" in a or "..." in a for a in args):
+                        continue
+                    yield path.name, part.strip(), args[args.index("ltadv") + 1:]
+
+
+def test_every_documented_command_parses(monkeypatch):
+    """Each ltadv command shown in the README and the docs names a real command and real flags, and its
+    settings resolve to a valid config (nothing runs): a renamed flag or config field fails here."""
+    from ltadv.cli import _config_from_args, _parse_overrides, build_parser
+
+    monkeypatch.chdir(ROOT)  # `--config configs/...` paths are relative to the repository
+    seen = set()
+    for name, line, argv in doc_commands():
+        seen.add(argv[0])
+        try:
+            args, extra = build_parser().parse_known_args(argv)
+        except SystemExit as e:  # --help exits 0 after printing; a parse error exits 2
+            if e.code == 0:
+                continue
+            pytest.fail(f"{name}: `{line}` does not parse")
+        if args.command in ("train", "run", "config", "subset") and not getattr(args, "resume", None):
+            if args.command == "run" and args.data is None and args.config is None and args.protocol is None:
+                args.data = "digits-lt"  # as `ltadv run` does
+            for method in (args.method or "").split(",") if args.command == "run" else [None]:
+                try:
+                    _config_from_args(args, extra, method=method or None)
+                except ValueError as e:  # ConfigError: an unknown or bad field
+                    pytest.fail(f"{name}: `{line}`: {e}")
+        elif args.command == "sweep":
+            _parse_overrides(extra)
+        else:
+            assert not extra, f"{name}: `{line}`: unknown arguments {extra}"
+    assert {"train", "run", "eval", "report", "sweep", "protocols", "export", "posthoc", "config"} <= seen
