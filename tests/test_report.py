@@ -333,3 +333,28 @@ def test_sweep_killed_mid_cell_resumes_that_cell(tmp_path, one_thread):
     assert rec["status"] == "complete" and [e["epoch"] for e in rec["epochs"]] == [1, 2, 3, 4]
     # epochs finished before the kill are kept, not retrained
     assert rec["epochs"][: len(done["epochs"])] == done["epochs"]
+
+
+def test_report_layers_have_no_import_circle():
+    """report_data is below report and report_figures; the figures never load the tables' module, and
+    the data layer loads neither (a fresh interpreter, so no earlier import hides a circle)."""
+    code = ("import sys, ltadv.report_figures; "
+            "print('ltadv.report' in sys.modules, 'ltadv.report_data' in sys.modules); "
+            "import ltadv.report_data as d; "
+            "print(sorted(m for m in sys.modules if m.startswith('ltadv.report')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "False True"
+    code = "import sys, ltadv.report_data; print(sorted(m for m in sys.modules if m.startswith('ltadv.report')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "['ltadv.report_data']"
+
+
+def test_report_keeps_the_data_layer_names():
+    """`ltadv.report.load_records / group_runs / Group ...` stay the documented names (SPEC section 7's
+    Python API and the README): they are the data layer's objects, not copies."""
+    import ltadv.report as report
+    import ltadv.report_data as data
+
+    for name in ("load_records", "group_runs", "make_labels", "Group", "Stat", "ReportError", "record_accuracy",
+                 "accuracy_stat", "main_attack", "differing_keys", "ATTACK_TITLES", "GROUP_KEYS"):
+        assert getattr(report, name) is getattr(data, name), name

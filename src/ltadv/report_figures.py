@@ -1,4 +1,4 @@
-"""Figures as pure functions over grouped run records (:class:`ltadv.report.Group`), each returning a
+"""Figures as pure functions over grouped run records (:class:`ltadv.report_data.Group`), each returning a
 matplotlib ``Figure`` (Agg backend, no display needed); :func:`save_figures` writes PNG and PDF.
 
 The figures are those of the AT-BSL paper (Yue et al., "Revisiting Adversarial Training under
@@ -25,7 +25,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .intervals import CONFIDENCE  # noqa: E402
-from .report import (  # noqa: E402
+from .report_data import (  # noqa: E402
     ATTACK_TITLES,
     GROUP_KEYS,
     Group,
