@@ -39,6 +39,7 @@ from .progress import Progress
 from .registry import lookup
 from .results import RECORD_KEYS, RESULT, environment, git_commit, read_record, write_json_atomic
 from .rundir import CKPT_DIR, EVAL_STATE, SUBSET_FILE, RunDirError, RunGuard, RunLock, guarded_run
+from .shard import Shard
 
 __all__ = ["CKPT_DIR", "EVAL_STATE", "RunDirError", "evaluate_run", "load_run_model", "train"]
 
@@ -242,6 +243,7 @@ def _train(cfg: Config, out: Path, resume: bool, force: bool, log, guard: RunGua
     if device.type == "cpu":
         keep_freed_memory()  # reuse freed activations instead of page-faulting fresh mmaps every step
     dctx.local_batch(cfg.optim.batch_size)  # a global batch that does not split is an error before any write
+    dctx.check_sync_bn(cfg.train.sync_bn, device)  # SyncBatchNorm on CPU: refused before any write
     log = log if dctx.is_main else (lambda *a, **k: None)
     reproducibility.set_deterministic(cfg.train.deterministic)
     data = build_data(cfg.data, cfg.seed)  # data errors surface before the run folder is touched
@@ -270,6 +272,7 @@ def _train(cfg: Config, out: Path, resume: bool, force: bool, log, guard: RunGua
     attack_model = eval_view(model, fold_bn=cfg.train.fold_bn, channels_last=view_channels_last)
     attack_model = fwd if attack_model is model else (torch.compile(attack_model) if cfg.train.compile
                                                       else attack_model)
+    model = dctx.sync_batchnorm(model, cfg.train.sync_bn, log)  # in place, after the BN-folded attack view
     augment = build_pipeline(cfg.data.aug, cfg.data.crop_flip, data.num_classes, data.image_size,
                              groups=cfg.data.aug_groups)
 
@@ -377,7 +380,8 @@ def _train(cfg: Config, out: Path, resume: bool, force: bool, log, guard: RunGua
         t1 = time.perf_counter()
         if selects_at(cfg, epoch + 1):
             flags = robust_flags(inference_model(model, cfg, data.class_counts, meta["head"]), x_sel, y_sel,
-                                 [cfg.eval.val_attack], eps_eval, cfg.eval.batch_size, settings=cfg.eval)
+                                 [cfg.eval.val_attack], eps_eval, cfg.eval.batch_size, settings=cfg.eval,
+                                 shard=Shard(dctx.rank, dctx.world_size))  # DDP: each rank its batches
             val_clean = summarize(flags["clean"], y_sel, data.num_classes, groups)
             val_robust = summarize(flags[cfg.eval.val_attack], y_sel, data.num_classes, groups)
         else:  # not evaluated (before eval.select_from, or selection is the last epoch)
@@ -428,9 +432,10 @@ def _train(cfg: Config, out: Path, resume: bool, force: bool, log, guard: RunGua
 
     record["status"] = "trained"
     write_json_atomic(out / RESULT, record)
-    if not dctx.is_main:  # rank 0 evaluates on the test split; the others are done
-        return record
-    return evaluate_run(out, cfg.eval.attacks, checkpoints=cfg.eval.checkpoints, data=data, log=log)
+    # every rank attacks its shard of the test split; rank 0 writes the record (ltadv.shard)
+    dctx.barrier()  # rank 0's last checkpoint is on disk before the others load it
+    return evaluate_run(out, cfg.eval.attacks, checkpoints=cfg.eval.checkpoints, data=data, log=log,
+                        device=device, shard=Shard(dctx.rank, dctx.world_size))
 
 
 def epoch_stop(cfg: Config, n: int, bs: int) -> int:
@@ -554,6 +559,7 @@ def evaluate_run(
     eps: float | None = None,
     batch_size: int | None = None,
     progress: bool | None = None,
+    shard: Shard | None = None,
 ) -> dict:
     """Evaluate a run's best and/or last weights on the balanced test split; merge into result.json.
 
@@ -568,12 +574,16 @@ def evaluate_run(
     PGD-20 accuracy at eps x 1, 2, 4, 8. Cascade attacks (``aa``) keep resumable state under
     ``RUN_DIR/eval_state/<checkpoint>/``, so an interrupted AutoAttack continues where it stopped.
     The run folder is locked meanwhile (one writer at a time).
+
+    Under ``torchrun`` (or with ``shard``, the DDP training loop's) every process attacks its part of
+    the points and rank 0 writes the record, the same as one process's (:mod:`ltadv.shard`).
     """
     run_dir = Path(run_dir)
     read_record(run_dir, required=RECORD_KEYS)  # a missing run is named before a lock file is made
-    with RunLock(run_dir, log):
+    main = shard.is_main if shard is not None else distributed.launched_rank() == 0
+    with RunLock(run_dir, log) if main else contextlib.nullcontext():  # rank 0 is the one writer
         return _evaluate_run(run_dir, attacks, checkpoints, n, data, device, log, sweep_eps, eps, batch_size,
-                             progress)
+                             progress, shard)
 
 
 def _finished(record: dict, cfg: Config) -> bool:
@@ -589,11 +599,14 @@ def evaluation_key(which: str, n: int, eps: float) -> str:
 
 
 def _evaluate_run(run_dir: Path, attacks, checkpoints, n, data, device, log, sweep_eps, eps_override=None,
-                  batch_size=None, progress=None) -> dict:
+                  batch_size=None, progress=None, shard=None) -> dict:
     record = read_record(run_dir, required=RECORD_KEYS)
     cfg = from_dict(record["config"])
     check_attacks(attacks)
     device = pick_device(device) if isinstance(device, str) else (device or pick_device(cfg.train.device))
+    if shard is None:  # `torchrun ... ltadv eval`: join the process group (one process: the whole test set)
+        shard, device = distributed.eval_setup(device)
+        log = log if shard.is_main else (lambda *a, **k: None)
     if torch.device(device).type == "cpu":
         keep_freed_memory()
     if data is None:
@@ -625,7 +638,7 @@ def _evaluate_run(run_dir: Path, attacks, checkpoints, n, data, device, log, swe
         metrics = evaluate(model, x, y, list(attacks), eps, record["class_counts"], batch_size,
                            cfg.eval.head_frac, cfg.eval.tail_frac, progress=progress,
                            state_dir=state_dir, flags_out=flags, seconds_out=secs,
-                           settings=cfg.eval)
+                           settings=cfg.eval, shard=shard)
         log(f"evaluated {which} checkpoint on {len(y)} test images in {time.perf_counter() - t0:.1f}s"
             + ("" if headline else f" (n={len(y)}, eps={eps:.4g}: its own entry; the run's numbers are kept)"))
         previous = (evaluations.get(key) or {}).get("metrics") or {}
@@ -637,7 +650,7 @@ def _evaluate_run(run_dir: Path, attacks, checkpoints, n, data, device, log, swe
         flags = merge_saved_flags(state_dir / "flags.pt", f"n={len(y)} eps={eps!r}", flags)
         warnings = sanity_warnings(flags, evaluations[key]["metrics"])
         if sweep_eps:
-            sweep = eps_sweep(model, x, y, eps, batch_size=batch_size)
+            sweep = eps_sweep(model, x, y, eps, batch_size=batch_size, shard=shard)
             if headline:
                 sweeps[which] = sweep
             evaluations[key]["eps_sweep"] = sweep
