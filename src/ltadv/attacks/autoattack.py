@@ -219,7 +219,10 @@ def run_cascade(
                      "broken_by": torch.where(correct, -1, 0).to(torch.int16),
                      "stage": 0, "start_flags": correct.clone(), "batches_done": 0, "seconds": 0.0}
         if shard.enabled:
-            state = _agree(state, shard, log)
+            agreed = _agree(state, shard, log)
+            if agreed is not state and state_path is not None:
+                _save_atomic(state_path, agreed)
+            state = agreed
         if state["batches_done"] or state["stage"]:
             log(f"resuming {'+'.join(names)} at {names[state['stage']] if state['stage'] < len(names) else 'end'}"
                 f", batch {state['batches_done'] + 1}")
@@ -285,7 +288,7 @@ def _agree(state: dict, shard: Shard, log) -> dict:
     shared = shard.broadcast_object({k: state[k] for k in ("flags", "broken_by", "start_flags")}
                                     if shard.rank == src else None, src)
     if state["stage"] < furthest:
-        log(f"resuming the cascade at stage {furthest + 1} reached by another process")
+        log(f"resuming the cascade after its stage {furthest}, which process {src} finished")
         state = {**state, **shared, "stage": furthest, "batches_done": 0}
     return state
 
