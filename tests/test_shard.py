@@ -295,3 +295,24 @@ def test_torchrun_eval_writes_one_record_equal_to_a_single_process_eval(tmp_path
     assert all(torch.equal(flags[k], flags_single[k]) for k in ("clean", "pgd20"))
     clean, pgd = flags_single["clean"], flags_single["pgd20"]
     assert 0 < int(pgd.sum()) < int(clean.sum())  # the attack broke some points and not all
+
+
+@pytest.mark.gpu
+def test_on_cuda_the_batch_seeds_drive_the_device_generator_and_restore_it():
+    device = torch.device("cuda")
+    before = torch.cuda.get_rng_state(device)
+    with rng_scope(device, batch_seed("pgd20", 0)):
+        a = torch.rand(5, device=device)
+    with rng_scope(device, batch_seed("pgd20", 0)):
+        b = torch.rand(5, device=device)
+    assert torch.equal(a, b) and torch.equal(torch.cuda.get_rng_state(device), before)
+    model = tiny_cnn().to(device).eval()
+    x = torch.rand(40, 1, 8, 8, device=device)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    ATTACKS["coin"] = coin
+    try:
+        runs = [robust_flags(model, x, y, ["coin"], 0.1, batch_size=16)["coin"] for _ in range(2)]
+    finally:
+        del ATTACKS["coin"]
+    assert torch.equal(runs[0], runs[1]) and 0 < int(runs[0].sum()) < 40
