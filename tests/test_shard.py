@@ -263,6 +263,30 @@ def test_cli_refuses_sync_bn_on_cpu_under_torchrun_with_one_line(tmp_path):
     assert not (tmp_path / "run").exists()  # refused before the run folder was made
 
 
+@pytest.mark.slow
+def test_a_run_saved_before_sync_bn_existed_resumes(tmp_path):
+    """The resume check compares resolved configs: a field the saved config lacks counts as its default."""
+    from ltadv import checkpoint as ckpt
+    from ltadv.config import load_config
+    from ltadv.train import saved_run_state, train
+
+    run = tmp_path / "run"
+    over = {"data.name": "digits-lt", "method.name": "at", "train.epochs": 1, "train.progress": False,
+            "attack.steps": 1, "optim.batch_size": 64, "eval.n": 8, "eval.select_on": "last",
+            "eval.checkpoints": ["last"], "train.device": "cpu"}
+    train(load_config(overrides=over), run, log=lambda *a: None)
+    state = ckpt.load_state(run / "checkpoints" / "last.pt")
+    del state["config"]["train"]["sync_bn"]  # as written by the version before the field
+    ckpt.save_state(run / "checkpoints" / "last.pt", state)
+    rec = json.loads((run / "result.json").read_text())
+    del rec["config"]["train"]["sync_bn"]
+    (run / "result.json").write_text(json.dumps(rec))
+    state, _ = saved_run_state(run, load_config(overrides=over))
+    assert state["epoch"] == 1
+    with pytest.raises(ValueError, match="train.sync_bn is False in the run, True given"):  # switching it is refused
+        saved_run_state(run, load_config(overrides={**over, "train.sync_bn": True}))
+
+
 # ---------------------------------------------------------------- `torchrun ... ltadv eval RUN`
 
 

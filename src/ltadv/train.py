@@ -215,10 +215,11 @@ def saved_run_state(out: Path, cfg: Config) -> tuple[dict | None, Config]:
     else:
         return None, cfg
     try:
-        from_dict(saved)
+        saved_cfg = from_dict(saved)
     except ConfigError as e:
         raise ckpt.CheckpointError(f"the configuration saved in {out} is not valid here: {e}") from None
-    reproducibility.check_resume_config(saved, cfg.to_dict(), str(out))
+    # compared as resolved configs: a field added since the run was saved counts as its default
+    reproducibility.check_resume_config(saved_cfg.to_dict(), cfg.to_dict(), str(out))
     return state, cfg
 
 
