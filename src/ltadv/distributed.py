@@ -14,6 +14,10 @@ Semantics (README "Resuming and multi-GPU"):
 - Every rank builds the same data (class counts come from the whole training set), attacks with the
   unwrapped module (no gradient sync during PGD) and steps on the DDP-wrapped one.
 - Only rank 0 writes the run folder; the checkpoint holds every rank's RNG state.
+- Evaluation (the per-epoch validation pass, the final test evaluation and ``torchrun ... ltadv eval``)
+  is sharded by whole batches with per-batch seeds, so its flags equal one process's (:mod:`ltadv.shard`).
+- ``train.sync_bn``: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA only); off by default,
+  each process then normalises with its own share of the batch.
 """
 
 from __future__ import annotations

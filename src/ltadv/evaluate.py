@@ -148,9 +148,11 @@ def robust_flags(
             attack = lookup(ATTACKS, name, "attack")
             t0 = time.perf_counter()
             if hasattr(attack, "flags_fn"):
+                # a cascade that does not take a shard runs whole on every rank (same flags, no speed-up)
+                sharded = {"shard": shard} if "shard" in inspect.signature(attack.flags_fn).parameters else {}
                 res = attack.flags_fn(model, x, y, eps, correct, batch_size=batch_size, progress=progress,
                                       state_path=Path(state_dir) / shard.state_name(name) if state_dir else None,
-                                      shard=shard)
+                                      **sharded)
                 flags[name] = res["flags"]
                 if details is not None:
                     details[name] = {"seconds": res["seconds"], "stages": res["stages"]}
