@@ -389,8 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--attacks", default="clean,pgd20",
                    help=f"comma-separated, from: {', '.join(sorted(_registries()['attack']))} "
                         f"(the full suite: clean,fgsm,pgd20,cw,lsa,aa)")
-    e.add_argument("--n", type=int, default=None, help="evaluate the first N test images (kept as its own entry; "
-                                                       "the run's full-test numbers are never replaced)")
+    e.add_argument("--n", "--first", type=int, default=None, dest="n",
+                   help="evaluate the first N test images (kept as its own entry; the run's full-test numbers are "
+                        "never replaced); under torchrun write --first N (torchrun takes --n for its own --nnodes)")
     e.add_argument("--eps", metavar="X", default=None, help="attack radius (default: the run's); another eps is "
                                                            "kept as its own entry")
     e.add_argument("--batch-size", type=int, default=None, help="evaluation batch size (default: the run's)")

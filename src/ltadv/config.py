@@ -138,6 +138,7 @@ class Train:
     deterministic: bool = False  # torch.use_deterministic_algorithms on CUDA
     max_batches: int | None = None  # stop each epoch after this many batches (smoke-test a real recipe quickly)
     log_every: float = 30.0  # seconds between progress lines when stdout is not a terminal (0: every batch)
+    sync_bn: bool = False  # DDP: SyncBatchNorm, BN statistics over all processes' batches (CUDA only)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,10 @@ Semantics (README "Resuming and multi-GPU"):
 - Every rank builds the same data (class counts come from the whole training set), attacks with the
   unwrapped module (no gradient sync during PGD) and steps on the DDP-wrapped one.
 - Only rank 0 writes the run folder; the checkpoint holds every rank's RNG state.
+- Evaluation (the per-epoch validation pass, the final test evaluation and ``torchrun ... ltadv eval``)
+  is sharded by whole batches with per-batch seeds, so its flags equal one process's (:mod:`ltadv.shard`).
+- ``train.sync_bn``: BatchNorm statistics over the global batch (SyncBatchNorm, CUDA only); off by default,
+  each process then normalises with its own share of the batch.
 """
 
 from __future__ import annotations
@@ -103,6 +107,36 @@ class DistContext:
                 f"shards and random streams change, so the run is no longer bit-for-bit reproducible")
         return by_rank[0] if self.is_main else None
 
+    def barrier(self) -> None:
+        """Wait for every rank (e.g. for rank 0's last checkpoint before the ranks read it)."""
+        self.run_on_main(lambda: None)
+
+    def check_sync_bn(self, sync_bn: bool, device: torch.device) -> None:
+        """``train.sync_bn`` can work here: torch's SyncBatchNorm synchronises on GPUs only (its forward
+        raises for CPU tensors in a process group), so a multi-process CPU job is refused before any write."""
+        if sync_bn and self.enabled and device.type != "cuda":
+            raise DistributedError(f"train.sync_bn needs CUDA devices: torch's SyncBatchNorm does not run on "
+                                   f"{device.type} (gloo); set train.sync_bn false (each process then keeps its "
+                                   f"own BatchNorm statistics) or train on GPUs")
+
+    def sync_batchnorm(self, model: torch.nn.Module, sync_bn: bool, log=print) -> torch.nn.Module:
+        """``train.sync_bn``: every BatchNorm layer of ``model`` (in place, same parameters) becomes a
+        ``torch.nn.SyncBatchNorm``, whose training-mode statistics are those of the global batch over all
+        processes instead of each process's share (Ioffe & Szegedy, arXiv 1502.03167; synchronised BN as in
+        Peng et al., "MegDet", arXiv 1711.07240). One process: nothing to synchronise, the model is kept."""
+        if not sync_bn:
+            return model
+        if not self.enabled:
+            log("train.sync_bn: one process, nothing to synchronise; BatchNorm is left as it is")
+            return model
+        n = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        if not n:
+            log("train.sync_bn: the model has no BatchNorm layer; nothing to synchronise")
+            return model
+        out = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        log(f"train.sync_bn: {n} BatchNorm layers synchronised over {self.world_size} processes")
+        return out
+
     def run_on_main(self, fn, *args, **kwargs):
         """Run ``fn`` on rank 0 only; every rank gets its result or raises its error (also a barrier)."""
         if not self.enabled:
@@ -120,6 +154,20 @@ class DistContext:
         if kind == "error":
             raise value
         return value
+
+
+def launched_rank() -> int:
+    """This process's rank as torchrun announces it (0 outside a multi-process launch)."""
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+
+
+def eval_setup(device: torch.device):
+    """(shard, device) of a sharded evaluation: under torchrun, join the process group like training
+    does (:func:`setup`); else the whole test set on ``device``."""
+    from .shard import Shard
+
+    dctx, device = setup(device)
+    return Shard(dctx.rank, dctx.world_size), device
 
 
 def _collective_device() -> torch.device | None:

@@ -22,6 +22,7 @@ from .attacks import ATTACKS, AttackSettings
 from .fast import eval_view
 from .progress import Progress
 from .registry import lookup
+from .shard import WHOLE, Shard, batch_seed, rng_scope
 
 
 def class_groups(class_counts: Sequence[int], head_frac: float = 1 / 3, tail_frac: float = 1 / 3) -> dict:
@@ -79,6 +80,19 @@ def predict(model, x: torch.Tensor, batch_size: int = 512, device=None) -> torch
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
 
+@torch.no_grad()
+def clean_flags(model, x: torch.Tensor, y: torch.Tensor, batch_size: int, device, shard: Shard = WHOLE) -> torch.Tensor:
+    """Correct-prediction flags (N,), each rank predicting its batches of the global cut (:mod:`ltadv.shard`)."""
+    n = len(y)
+    correct = torch.zeros(n, dtype=torch.bool)
+    owned = torch.zeros(n, dtype=torch.bool)
+    for b in shard.mine(-(-n // batch_size)):
+        s = slice(b * batch_size, min(n, (b + 1) * batch_size))
+        correct[s] = model(to_float(x[s], device)).argmax(1).cpu() == y[s].cpu()
+        owned[s] = True
+    return shard.combine(correct, owned)
+
+
 def robust_flags(
     model,
     x: torch.Tensor,
@@ -91,6 +105,7 @@ def robust_flags(
     details: dict | None = None,
     fast: bool = True,
     settings=None,
+    shard: Shard | None = None,
 ) -> dict[str, torch.Tensor]:
     """{attack: bool flags (N,)}; "clean" is always computed first (correctness).
 
@@ -108,7 +123,14 @@ def robust_flags(
     Cascade attacks (those with a ``flags_fn``, e.g. ``aa``) run through it, resumably when
     ``state_dir`` is given (``state_dir/<attack>.pt``). ``details``, when given, receives
     ``{attack: {"seconds": ..., "stages": {...}}}`` (stages: robust accuracy after each sub-attack).
+
+    Every attack batch runs under its own seed (:func:`ltadv.shard.batch_seed`), so the flags do not
+    depend on the caller's random state, and the global generators are left as they were. With
+    ``shard`` (rank r of W processes, all calling this with the same arguments) each rank attacks the
+    whole batches r, r + W, ... and every rank returns the flags of all points, equal to those of one
+    process (:mod:`ltadv.shard`); ``seconds`` are this rank's.
     """
+    shard = shard or WHOLE
     device = next(model.parameters()).device
     opts = AttackSettings.of(settings)
     attack_all = bool(getattr(settings, "attack_misclassified", False))
@@ -118,7 +140,7 @@ def robust_flags(
     if fast:
         model = eval_view(model, fold_bn=True, channels_last=True)
     try:
-        correct = predict(model, x, batch_size, device) == y.cpu()
+        correct = clean_flags(model, x, y, batch_size, device, shard)
         flags = {"clean": correct}
         for name in attacks:
             if name == "clean":
@@ -126,8 +148,11 @@ def robust_flags(
             attack = lookup(ATTACKS, name, "attack")
             t0 = time.perf_counter()
             if hasattr(attack, "flags_fn"):
+                # a cascade that does not take a shard runs whole on every rank (same flags, no speed-up)
+                sharded = {"shard": shard} if "shard" in inspect.signature(attack.flags_fn).parameters else {}
                 res = attack.flags_fn(model, x, y, eps, correct, batch_size=batch_size, progress=progress,
-                                      state_path=Path(state_dir) / f"{name}.pt" if state_dir else None)
+                                      state_path=Path(state_dir) / shard.state_name(name) if state_dir else None,
+                                      **sharded)
                 flags[name] = res["flags"]
                 if details is not None:
                     details[name] = {"seconds": res["seconds"], "stages": res["stages"]}
@@ -136,18 +161,23 @@ def robust_flags(
             idx_all = torch.arange(len(correct)) if attack_all else torch.nonzero(correct).flatten()
             kwargs = {"settings": opts} if "settings" in inspect.signature(attack).parameters else {}
             batches = list(_batches(len(idx_all), batch_size))
-            bar = Progress(len(batches), f"{name} on {len(idx_all)} points", progress, print, 30.0,
-                           images_per_step=batch_size)
-            for s in batches:
-                idx = idx_all[s]
+            mine = shard.mine(len(batches))
+            owned = torch.zeros_like(correct)
+            bar = Progress(len(mine), f"{name} on {len(idx_all)} points"
+                           + (f" ({len(mine)} of {len(batches)} batches here)" if shard.enabled else ""),
+                           progress, print, 30.0, images_per_step=batch_size)
+            for b in mine:
+                idx = idx_all[batches[b]]
                 xb = to_float(x[idx], device)
                 yb = y[idx].to(device)
-                x_adv = attack(model, xb, yb, eps, **kwargs)
+                with rng_scope(device, batch_seed(name, b)):  # the batch's randomness is its own
+                    x_adv = attack(model, xb, yb, eps, **kwargs)
                 with torch.no_grad():
                     robust[idx] = (model(x_adv).argmax(1) == yb).cpu()
+                owned[idx] = True
                 bar.update(1)
             bar.close()
-            flags[name] = robust
+            flags[name] = shard.combine(robust, owned)
             if details is not None:
                 details[name] = {"seconds": time.perf_counter() - t0}
         return flags
@@ -170,15 +200,18 @@ def evaluate(
     flags_out: dict | None = None,
     seconds_out: dict | None = None,
     settings=None,
+    shard: Shard | None = None,
 ) -> dict[str, dict]:
     """{attack: summary} for every attack in ``attacks`` (``clean`` included when named).
 
     Cascade summaries also hold ``stages`` (robust accuracy after each sub-attack); ``flags_out``
     and ``seconds_out``, when given, receive the per-sample flags and each attack's seconds (kept out
-    of the summaries so that the metrics of a run are reproducible). ``settings``: see :func:`robust_flags`.
+    of the summaries so that the metrics of a run are reproducible). ``settings`` and ``shard``: see
+    :func:`robust_flags`.
     """
     details: dict = {}
-    flags = robust_flags(model, x, y, attacks, eps, batch_size, progress, state_dir, details, settings=settings)
+    flags = robust_flags(model, x, y, attacks, eps, batch_size, progress, state_dir, details, settings=settings,
+                         shard=shard)
     if flags_out is not None:
         flags_out.update(flags)
     if seconds_out is not None:
@@ -238,11 +271,12 @@ def sanity_warnings(flags: dict[str, torch.Tensor], metrics: dict[str, dict] | N
 
 
 def eps_sweep(model, x, y, eps: float, factors: Sequence[float] = (1, 2, 4, 8), attack: str = "pgd20",
-              batch_size: int = 512) -> dict:
+              batch_size: int = 512, shard: Shard | None = None) -> dict:
     """Robust accuracy at eps x each factor, with warnings: it must not rise with eps and must reach
     about 0 at the largest eps (otherwise the attack is not working, e.g. masked gradients)."""
     eps_list = [eps * f for f in factors]
-    robust = [float(robust_flags(model, x, y, [attack], e, batch_size)[attack].float().mean()) for e in eps_list]
+    robust = [float(robust_flags(model, x, y, [attack], e, batch_size, shard=shard)[attack].float().mean())
+              for e in eps_list]
     warnings = []
     for i in range(1, len(robust)):
         if robust[i] > robust[i - 1] + 0.01:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
 import torch
 
+from . import distributed
 from .build import check_attacks, load_run_model, pick_device
 from .config import Config, from_dict
 from .data import LTData, build_data
@@ -14,6 +16,7 @@ from .evaluate import eps_sweep, evaluate, merge_saved_flags, sanity_warnings
 from .fast import keep_freed_memory
 from .results import RECORD_KEYS, RESULT, read_record, write_json_atomic
 from .rundir import EVAL_STATE, RunLock
+from .shard import Shard
 
 
 def evaluate_run(
@@ -28,6 +31,7 @@ def evaluate_run(
     eps: float | None = None,
     batch_size: int | None = None,
     progress: bool | None = None,
+    shard: Shard | None = None,
 ) -> dict:
     """Evaluate a run's best and/or last weights on the balanced test split; merge into result.json.
 
@@ -42,12 +46,16 @@ def evaluate_run(
     PGD-20 accuracy at eps x 1, 2, 4, 8. Cascade attacks (``aa``) keep resumable state under
     ``RUN_DIR/eval_state/<checkpoint>/``, so an interrupted AutoAttack continues where it stopped.
     The run folder is locked meanwhile (one writer at a time).
+
+    Under ``torchrun`` (or with ``shard``, the DDP training loop's) every process attacks its part of
+    the points and rank 0 writes the record, the same as one process's (:mod:`ltadv.shard`).
     """
     run_dir = Path(run_dir)
     read_record(run_dir, required=RECORD_KEYS)  # a missing run is named before a lock file is made
-    with RunLock(run_dir, log):
+    main = shard.is_main if shard is not None else distributed.launched_rank() == 0
+    with RunLock(run_dir, log) if main else contextlib.nullcontext():  # rank 0 is the one writer
         return _evaluate_run(run_dir, attacks, checkpoints, n, data, device, log, sweep_eps, eps, batch_size,
-                             progress)
+                             progress, shard)
 
 
 def _finished(record: dict, cfg: Config) -> bool:
@@ -63,11 +71,14 @@ def evaluation_key(which: str, n: int, eps: float) -> str:
 
 
 def _evaluate_run(run_dir: Path, attacks, checkpoints, n, data, device, log, sweep_eps, eps_override=None,
-                  batch_size=None, progress=None) -> dict:
+                  batch_size=None, progress=None, shard=None) -> dict:
     record = read_record(run_dir, required=RECORD_KEYS)
     cfg = from_dict(record["config"])
     check_attacks(attacks)
     device = pick_device(device) if isinstance(device, str) else (device or pick_device(cfg.train.device))
+    if shard is None:  # `torchrun ... ltadv eval`: join the process group (one process: the whole test set)
+        shard, device = distributed.eval_setup(device)
+        log = log if shard.is_main else (lambda *a, **k: None)
     if torch.device(device).type == "cpu":
         keep_freed_memory()
     if data is None:
@@ -99,7 +110,7 @@ def _evaluate_run(run_dir: Path, attacks, checkpoints, n, data, device, log, swe
         metrics = evaluate(model, x, y, list(attacks), eps, record["class_counts"], batch_size,
                            cfg.eval.head_frac, cfg.eval.tail_frac, progress=progress,
                            state_dir=state_dir, flags_out=flags, seconds_out=secs,
-                           settings=cfg.eval)
+                           settings=cfg.eval, shard=shard)
         log(f"evaluated {which} checkpoint on {len(y)} test images in {time.perf_counter() - t0:.1f}s"
             + ("" if headline else f" (n={len(y)}, eps={eps:.4g}: its own entry; the run's numbers are kept)"))
         previous = (evaluations.get(key) or {}).get("metrics") or {}
@@ -108,10 +119,11 @@ def _evaluate_run(run_dir: Path, attacks, checkpoints, n, data, device, log, swe
         if headline:
             seconds[which] = {**seconds.get(which, {}), **secs}
             by_ckpt[which] = {**by_ckpt.get(which, {}), **metrics}
-        flags = merge_saved_flags(state_dir / "flags.pt", f"n={len(y)} eps={eps!r}", flags)
+        if shard.is_main:  # one writer: rank 0 keeps the flags (every rank holds the same, gathered)
+            flags = merge_saved_flags(state_dir / "flags.pt", f"n={len(y)} eps={eps!r}", flags)
         warnings = sanity_warnings(flags, evaluations[key]["metrics"])
         if sweep_eps:
-            sweep = eps_sweep(model, x, y, eps, batch_size=batch_size)
+            sweep = eps_sweep(model, x, y, eps, batch_size=batch_size, shard=shard)
             if headline:
                 sweeps[which] = sweep
             evaluations[key]["eps_sweep"] = sweep
@@ -137,5 +149,6 @@ def _evaluate_run(run_dir: Path, attacks, checkpoints, n, data, device, log, swe
         record["eval"] = {"eps": eps, "n": int(len(y)), "test_set": int(len(data.y_test))}
     if _finished(record, cfg):
         record["status"] = "complete"
-    write_json_atomic(run_dir / RESULT, record)
+    if shard.is_main:  # the other ranks hold the same numbers but no lock: rank 0 writes
+        write_json_atomic(run_dir / RESULT, record)
     return record

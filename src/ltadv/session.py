@@ -35,6 +35,7 @@ from .methods import METHODS
 from .results import RESULT, environment, git_commit, read_record, write_json_atomic
 from .rundir import CKPT_DIR, SUBSET_FILE, RunGuard
 from .schedule import epoch_stop, is_better, lr_at, selects_at
+from .shard import Shard
 
 
 @dataclass
@@ -84,10 +85,11 @@ def saved_run_state(out: Path, cfg: Config) -> tuple[dict | None, Config]:
     else:
         return None, cfg
     try:
-        from_dict(saved)
+        saved_cfg = from_dict(saved)
     except ConfigError as e:
         raise ckpt.CheckpointError(f"the configuration saved in {out} is not valid here: {e}") from None
-    reproducibility.check_resume_config(saved, cfg.to_dict(), str(out))
+    # compared as resolved configs: a field added since the run was saved counts as its default
+    reproducibility.check_resume_config(saved_cfg.to_dict(), cfg.to_dict(), str(out))
     return state, cfg
 
 
@@ -103,6 +105,7 @@ def start_run(cfg: Config, out: Path, resume: bool, force: bool, log, guard: Run
     if device.type == "cpu":
         keep_freed_memory()  # reuse freed activations instead of page-faulting fresh mmaps every step
     dctx.local_batch(cfg.optim.batch_size)  # a global batch that does not split is an error before any write
+    dctx.check_sync_bn(cfg.train.sync_bn, device)  # SyncBatchNorm on CPU: refused before any write
     log = log if dctx.is_main else (lambda *a, **k: None)
     reproducibility.set_deterministic(cfg.train.deterministic)
     data = build_data(cfg.data, cfg.seed)  # data errors surface before the run folder is touched
@@ -131,6 +134,7 @@ def start_run(cfg: Config, out: Path, resume: bool, force: bool, log, guard: Run
     attack_model = eval_view(model, fold_bn=cfg.train.fold_bn, channels_last=view_channels_last)
     attack_model = fwd if attack_model is model else (torch.compile(attack_model) if cfg.train.compile
                                                       else attack_model)
+    model = dctx.sync_batchnorm(model, cfg.train.sync_bn, log)  # in place, after the BN-folded attack view
     augment = build_pipeline(cfg.data.aug, cfg.data.crop_flip, data.num_classes, data.image_size,
                              groups=cfg.data.aug_groups)
     x_sel, y_sel = selection_split(cfg, data)
@@ -239,7 +243,7 @@ def validate(run: TrainingRun, epoch1: int) -> tuple[dict, dict]:
     eps = cfg.attack.eps if cfg.eval.eps is None else cfg.eval.eps
     model = inference_model(run.model, cfg, run.data.class_counts, run.record["model_meta"]["head"])
     flags = robust_flags(model, run.x_sel, run.y_sel, [cfg.eval.val_attack], eps, cfg.eval.batch_size,
-                         settings=cfg.eval)
+                         settings=cfg.eval, shard=Shard(run.dctx.rank, run.dctx.world_size))  # DDP: rank batches
     n_cls = run.data.num_classes
     return (summarize(flags["clean"], run.y_sel, n_cls, run.groups),
             summarize(flags[cfg.eval.val_attack], run.y_sel, n_cls, run.groups))

@@ -31,6 +31,7 @@ from .run_eval import evaluate_run
 from .rundir import CKPT_DIR, EVAL_STATE, RunDirError, RunGuard, guarded_run
 from .schedule import epoch_stop, lr_at
 from .session import EpochCosts, epoch_line, epoch_row, planned_batches, save_epoch, start_banner, start_run, validate
+from .shard import Shard
 
 __all__ = ["CKPT_DIR", "EVAL_STATE", "RunDirError", "evaluate_run", "load_run_model", "train", "train_step"]
 
@@ -95,9 +96,10 @@ def _train(cfg: Config, out: Path, resume: bool, force: bool, log, guard: RunGua
 
     run.record["status"] = "trained"
     write_json_atomic(out / RESULT, run.record)
-    if not dctx.is_main:  # rank 0 evaluates on the test split; the others are done
-        return run.record
-    return evaluate_run(out, cfg.eval.attacks, checkpoints=cfg.eval.checkpoints, data=data, log=run.log)
+    # every rank attacks its shard of the test split; rank 0 writes the record (ltadv.shard)
+    dctx.barrier()  # rank 0's last checkpoint is on disk before the others load it
+    return evaluate_run(out, cfg.eval.attacks, checkpoints=cfg.eval.checkpoints, data=data, log=run.log,
+                        device=device, shard=Shard(dctx.rank, dctx.world_size))
 
 
 def train_step(model, loss_fwd, attack_model, method, opt, x, target, autocast, scaler) -> dict:

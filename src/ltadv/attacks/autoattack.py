@@ -37,6 +37,7 @@ import torch
 
 from ..progress import Progress
 from ..registry import register
+from ..shard import WHOLE, Shard, rng_scope
 from . import ATTACKS, frozen_params
 
 Stage = tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
@@ -180,6 +181,7 @@ def run_cascade(
     progress: bool = False,
     return_adv: bool = False,
     log=print,
+    shard: Shard = WHOLE,
 ) -> dict:
     """Run ``stages`` in order, each only on the points still robust; returns per-sample results.
 
@@ -192,9 +194,15 @@ def run_cascade(
     Returns ``{"flags": bool (N,), "broken_by": int (N,)`` (-1 robust, 0 misclassified clean,
     k = broken by stage k, 1-based), ``"stages": {name: robust accuracy after it}``, ``"seconds"``
     (attack time summed over resumed sessions), and ``"x_adv"`` when ``return_adv``.
+
+    With ``shard`` (rank r of W processes, all calling this with the same arguments) every stage's
+    points are cut into batches as in one process and rank r attacks the batches r, r + W, ...; the
+    flags are combined after each stage (the next one starts from the points every rank left robust),
+    so each rank returns the flags of one process. Each rank keeps its own ``state_path`` (its batches
+    of the current stage); on resume the ranks agree on the furthest finished stage (:func:`_agree`).
     """
-    if return_adv and state_path is not None:
-        raise ValueError("return_adv is only available without a state file")
+    if return_adv and (state_path is not None or shard.enabled):
+        raise ValueError("return_adv is only available without a state file, in one process")
     names = [n for n, _ in stages]
     device = _device(model)
     state_path = Path(state_path) if state_path is not None else None
@@ -210,21 +218,28 @@ def run_cascade(
             state = {"key": key, "stages": names, "flags": correct.clone(),
                      "broken_by": torch.where(correct, -1, 0).to(torch.int16),
                      "stage": 0, "start_flags": correct.clone(), "batches_done": 0, "seconds": 0.0}
-        elif state["batches_done"] or state["stage"]:
+        if shard.enabled:
+            agreed = _agree(state, shard, log)
+            if agreed is not state and state_path is not None:
+                _save_atomic(state_path, agreed)
+            state = agreed
+        if state["batches_done"] or state["stage"]:
             log(f"resuming {'+'.join(names)} at {names[state['stage']] if state['stage'] < len(names) else 'end'}"
                 f", batch {state['batches_done'] + 1}")
         while state["stage"] < len(stages):
             k = state["stage"]
             name, fn = stages[k]
             idx_all = torch.nonzero(state["start_flags"]).flatten()
-            n_batches = -(-len(idx_all) // batch_size)
-            bar = Progress(n_batches, f"{name} on {len(idx_all)} points", progress, log, 30.0,
+            mine = shard.mine(-(-len(idx_all) // batch_size))  # this rank's batches of the global cut
+            bar = Progress(len(mine), f"{name} on {len(idx_all)} points", progress, log, 30.0,
                            images_per_step=batch_size, initial=state["batches_done"])
-            for b in range(state["batches_done"], n_batches):
+            for j in range(state["batches_done"], len(mine)):
                 start = time.perf_counter()
+                b = mine[j]
                 idx = idx_all[b * batch_size:(b + 1) * batch_size]
                 xb, yb = _batch(x, idx, device), y[idx].to(device)
-                adv = fn(xb, yb).detach()
+                with rng_scope(device):  # the sub-attacks re-seed the global generators: keep the caller's
+                    adv = fn(xb, yb).detach()
                 with torch.no_grad():
                     ok = (model(adv).argmax(1) == yb).cpu()
                 broke = idx[~ok]
@@ -232,12 +247,18 @@ def run_cascade(
                 state["broken_by"][broke] = k + 1
                 if return_adv:
                     x_adv[broke.to(x_adv.device)] = adv[~ok.to(adv.device)].to(x_adv.device)
-                state["batches_done"] = b + 1
+                state["batches_done"] = j + 1
                 state["seconds"] += time.perf_counter() - start
                 if state_path is not None:
                     _save_atomic(state_path, state)
                 bar.update(1)
             bar.close()
+            if shard.enabled:  # every rank's broken points, before the next stage picks its points
+                owned = torch.zeros(len(y), dtype=torch.bool)
+                for b in mine:
+                    owned[idx_all[b * batch_size:(b + 1) * batch_size]] = True
+                state["flags"] = shard.combine(state["flags"], owned)
+                state["broken_by"] = shard.combine(state["broken_by"], owned)
             if progress:  # one line per finished stage, terminal or not
                 log(f"{name}: {int(state['flags'].sum())} of {len(y)} points still robust "
                     f"({float(state['flags'].float().mean()):.1%}) after {state['seconds']:.0f} s")
@@ -252,6 +273,24 @@ def run_cascade(
     if return_adv:
         out["x_adv"] = x_adv
     return out
+
+
+def _agree(state: dict, shard: Shard, log) -> dict:
+    """The state this rank resumes with when the ranks' saved stages differ (a job stopped between the
+    ranks' saves of a finished stage): the furthest stage wins. A rank at that stage has combined every
+    rank's flags of the earlier stages (no stage ends before all ranks finished it), so a rank behind takes
+    its flags and starts that stage's batches from the first; a rank at it keeps its own progress."""
+    stages = shard.gather_objects(int(state["stage"]))
+    furthest = max(stages)
+    if min(stages) == furthest:
+        return state
+    src = stages.index(furthest)
+    shared = shard.broadcast_object({k: state[k] for k in ("flags", "broken_by", "start_flags")}
+                                    if shard.rank == src else None, src)
+    if state["stage"] < furthest:
+        log(f"resuming the cascade after its stage {furthest}, which process {src} finished")
+        state = {**state, **shared, "stage": furthest, "batches_done": 0}
+    return state
 
 
 def _batch(x: torch.Tensor, idx: torch.Tensor, device) -> torch.Tensor:
@@ -274,11 +313,13 @@ def _aa_stages(variant: str, model, x, eps) -> list[Stage]:
 
 
 def _aa_cascade_flags(variant, model, x, y, eps, correct=None, batch_size=500, state_path=None, progress=False,
-                      log=print) -> dict:
+                      log=print, shard: Shard = WHOLE) -> dict:
     stages = _aa_stages(variant, model, x, eps)
     names = [n for n, _ in stages] + [f"{k}={v}" for k, v in sorted(AA_BUDGET.items())]
+    if shard.enabled:
+        names.append(f"rank={shard.rank}/{shard.world_size}")
     key = cascade_key(model, x, y, eps, names, batch_size, AA_SEED)
-    return run_cascade(model, x, y, stages, correct, batch_size, state_path, key, progress, log=log)
+    return run_cascade(model, x, y, stages, correct, batch_size, state_path, key, progress, log=log, shard=shard)
 
 
 def _aa_cascade_adv(variant, model, x, y, eps) -> torch.Tensor:
@@ -286,14 +327,16 @@ def _aa_cascade_adv(variant, model, x, y, eps) -> torch.Tensor:
                        log=lambda *a: None)["x_adv"]
 
 
-def aa_flags(model, x, y, eps, correct=None, batch_size=500, state_path=None, progress=False, log=print) -> dict:
+def aa_flags(model, x, y, eps, correct=None, batch_size=500, state_path=None, progress=False, log=print,
+             shard: Shard = WHOLE) -> dict:
     """Standard AutoAttack as a resumable cascade on the clean-correct points (see :func:`run_cascade`)."""
-    return _aa_cascade_flags("aa", model, x, y, eps, correct, batch_size, state_path, progress, log)
+    return _aa_cascade_flags("aa", model, x, y, eps, correct, batch_size, state_path, progress, log, shard)
 
 
-def aa_apgd_flags(model, x, y, eps, correct=None, batch_size=500, state_path=None, progress=False, log=print) -> dict:
+def aa_apgd_flags(model, x, y, eps, correct=None, batch_size=500, state_path=None, progress=False, log=print,
+                  shard: Shard = WHOLE) -> dict:
     """RoBal's AutoAttack (APGD-CE then APGD-T) as a resumable cascade on the clean-correct points."""
-    return _aa_cascade_flags("aa_apgd", model, x, y, eps, correct, batch_size, state_path, progress, log)
+    return _aa_cascade_flags("aa_apgd", model, x, y, eps, correct, batch_size, state_path, progress, log, shard)
 
 
 @register(ATTACKS, "aa")
