@@ -21,6 +21,7 @@ from . import distributed, reproducibility
 from .config import Config, ConfigError, from_dict, protocol_differences
 from .data import AUGMENTATIONS, DATASETS, LTData, build_data, build_pipeline, write_subset_file
 from .data.sampler import epoch_order
+from .data.stream import default_workers, train_batches
 from .evaluate import (
     class_groups,
     eps_sweep,
@@ -270,7 +271,9 @@ def _train(cfg: Config, out: Path, resume: bool, force: bool, log, guard: RunGua
     attack_model = eval_view(model, fold_bn=cfg.train.fold_bn, channels_last=view_channels_last)
     attack_model = fwd if attack_model is model else (torch.compile(attack_model) if cfg.train.compile
                                                       else attack_model)
-    augment = build_pipeline(cfg.data.aug, cfg.data.crop_flip, data.num_classes, data.image_size,
+    # a streamed data set crops and flips in its decoding workers (ImageNet's RandomResizedCrop)
+    streamed = not isinstance(data.x_train, torch.Tensor)
+    augment = build_pipeline(cfg.data.aug, cfg.data.crop_flip and not streamed, data.num_classes, data.image_size,
                              groups=cfg.data.aug_groups)
 
     # Selection split: the held-out validation set, or the test set when reproducing the reference
@@ -327,9 +330,10 @@ def _train(cfg: Config, out: Path, resume: bool, force: bool, log, guard: RunGua
     if not cfg.train.compile:
         for counted in {model, attack_model}:  # the attack's eval view is a module of its own
             counted.register_forward_pre_hook(lambda _m, _a: forward_calls.__setitem__(0, forward_calls[0] + 1))
-    x_train = data.x_train.to(device)
+    x_train = data.x_train if streamed else data.x_train.to(device)
     y_train = data.y_train.to(device)
     bs = dctx.local_batch(cfg.optim.batch_size)  # optim.batch_size is the global batch
+    workers = cfg.data.workers if cfg.data.workers is not None else default_workers()  # streamed data only
     batches = math.ceil(epoch_stop(cfg, len(data.y_train), cfg.optim.batch_size) / cfg.optim.batch_size)
     log(start_banner(cfg, data, out, device, dctx.world_size, batches, record["protocol_differences"], start_epoch))
     guard.begun = True  # from here an interruption or error is written into the record
@@ -350,18 +354,17 @@ def _train(cfg: Config, out: Path, resume: bool, force: bool, log, guard: RunGua
         bar = Progress(math.ceil(stop / bs), f"epoch {epoch + 1}/{cfg.train.epochs}",
                        cfg.train.progress and dctx.is_main, log, cfg.train.log_every,
                        images_per_step=bs * dctx.world_size)
-        for i in range(0, stop, bs):
-            idx = order[i:i + bs]
-            x = to_float(x_train[idx], device)
-            y = y_train[idx]
+        for i, (x, y) in enumerate(train_batches(x_train, y_train, order, stop, bs, device, workers,
+                                                 cfg.seed, epoch)):
+            x = to_float(x, device)
             x, target = augment(x, y)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             out_m = train_step(model, loss_fwd, attack_model, method, opt, x, target, autocast, scaler)
-            total_loss += finite_loss(out_m["loss"], cfg, epoch, i // bs) * len(idx)  # NaN/inf: stop, save nothing
+            total_loss += finite_loss(out_m["loss"], cfg, epoch, i) * len(y)  # NaN/inf: stop, save nothing
             hard = target if target.dim() == 1 else target.argmax(1)
             total_correct += int((out_m["logits"].detach().argmax(1) == hard).sum())
-            seen += len(idx)
+            seen += len(y)
             bar.update(1, loss=f"{total_loss / seen:.3f}")
         bar.close()
         total_loss, total_correct, seen = dctx.all_sum(total_loss, total_correct, seen)
