@@ -208,3 +208,20 @@ def test_cli_bad_root_is_one_line(tmp_path, capsys):
                "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "missing ImageNet-LT split file" in err and len(err.splitlines()) == 1
+
+
+def test_docs_commands_resolve(capsys):
+    """Every `ltadv run` command in docs/imagenet-lt.md resolves to a valid config (as `ltadv config`)."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "imagenet-lt.md").read_text().replace("\\\n", " ")
+    commands = [line.split()[2:] for line in text.splitlines() if line.startswith("ltadv run ")]
+    assert len(commands) == 3
+    sizes = []
+    for argv in commands:
+        capsys.readouterr()
+        assert main(["config", *argv]) == 0
+        cfg = __import__("yaml").safe_load(capsys.readouterr().out)
+        assert cfg["data"]["name"] == "imagenet-lt"
+        sizes.append((cfg["data"]["image_size"], cfg["model"]["name"]))
+    assert sizes == [(None, "resnet50"), (112, "resnet50"), (64, "resnet50_small")]
