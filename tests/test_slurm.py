@@ -68,7 +68,7 @@ def test_sbatch_script_carries_every_option(tmp_path, monkeypatch):
         f.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     opts = SlurmOptions(partition="gpu", gpus_per_job=2, cpus_per_job=8, mem_gb=32, time_min=parse_time("1-0:30"),
-                        array_parallelism=2, extra={"account": "lab", "qos": "high"})
+                        array_parallelism=2, extra=parse_slurm_opts(["account=lab", "qos=high", "mail-type=END"]))
     ex = make_executor(tmp_path / "jobs", opts, "ltadv-tiny")
     with ex.batch():
         jobs = [ex.submit(print, i) for i in range(3)]
@@ -76,7 +76,8 @@ def test_sbatch_script_carries_every_option(tmp_path, monkeypatch):
     script = (tmp_path / "script.sh").read_text()
     for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=2", "#SBATCH --cpus-per-task=8",
                  "#SBATCH --mem=32GB", "#SBATCH --time=1470", "#SBATCH --array=0-2%2", "#SBATCH --account=lab",
-                 "#SBATCH --qos=high", "#SBATCH --job-name=ltadv-tiny", "#SBATCH --signal=USR2@"):
+                 "#SBATCH --qos=high", "#SBATCH --mail-type=END", "#SBATCH --job-name=ltadv-tiny",
+                 "#SBATCH --signal=USR2@"):
         assert line in script, line
 
 
