@@ -97,14 +97,16 @@ def test_cell_command_resumes_a_checkpointed_cell_and_uses_torchrun_for_several_
     (["--launcher", "slurm", "--time", "1h"], "is not a Slurm time"),
     (["--launcher", "slurm", "--slurm-opt", "account"], "must be KEY=VALUE"),
     (["--launcher", "slurm", "--array-parallelism", "0"], "--array-parallelism must be >= 1"),
+    (["--launcher", "slurm", "--partition", "gpu"], "needs a Slurm cluster here"),  # no sbatch on PATH
 ])
-def test_bad_launcher_flags_are_one_line(tmp_path, capsys, argv, message):
+def test_bad_launcher_flags_are_one_line(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))
     spec = tmp_path / "tiny.yaml"
     spec.write_text(yaml.safe_dump(TINY_SWEEP))
     assert main(["sweep", str(spec), "--out", str(tmp_path / "out"), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
-    assert not (tmp_path / "out" / "_submitit").exists()
+    assert not (tmp_path / "out").exists()  # nothing written
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ way to try a sweep file before sending it to a cluster).
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -141,6 +142,17 @@ def _exited(proc: subprocess.Popen, seconds: float) -> bool:
     return True
 
 
+def check_available(opts: SlurmOptions) -> None:
+    """submitit is installed and, for Slurm, sbatch is on PATH: checked before the sweep writes anything."""
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        raise SlurmError("the slurm launcher needs submitit: pip install 'ltadv[slurm]'") from None
+    if opts.cluster == "slurm" and (shutil.which("sbatch") is None or shutil.which("srun") is None):
+        raise SlurmError("--launcher slurm needs a Slurm cluster here (sbatch and srun not found); "
+                         "--launcher submitit-local runs the same jobs on this machine")
+
+
 def make_executor(folder: Path, opts: SlurmOptions, name: str):
     """submitit's AutoExecutor for ``opts.cluster`` with the job's resources."""
     try:
@@ -214,5 +226,5 @@ def _poll(opts: SlurmOptions) -> float:
     return 1.0 if opts.cluster == "local" else 60.0  # sacct on a real cluster: once a minute is plenty
 
 
-__all__ = ["LAUNCHERS", "CellJob", "SlurmError", "SlurmOptions", "make_executor", "parse_slurm_opts",
+__all__ = ["LAUNCHERS", "CellJob", "SlurmError", "SlurmOptions", "check_available", "make_executor", "parse_slurm_opts",
            "parse_time", "run_cells"]

@@ -150,6 +150,10 @@ def run_sweep(spec_name: str, out: str | Path | None = None, overrides: dict[str
             configs[name] = load_config(overrides={**ov, **(overrides or {})})
         except ConfigError as e:
             raise ConfigError(f"sweep cell {name!r}: {e}") from None
+    if slurm is not None:
+        from .slurm import check_available
+
+        check_available(slurm)  # no Slurm here: one line before the sweep's folder is made
     cell_dir = out / "_cells"
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not cell_dir.is_dir())):
         raise SweepError(f"sweep output {out} exists and is not an earlier sweep's folder (no _cells/ in it); "
