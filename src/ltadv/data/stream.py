@@ -109,7 +109,8 @@ class ImageList:
                 images = list(pool.map(self.load, range(n)))
         else:
             images = [self.load(i) for i in range(n)]
-        return torch.stack(images).to(device, non_blocking=non_blocking)
+        x = torch.stack(images)
+        return x if device is None else x.to(device, non_blocking=non_blocking)
 
     def float(self) -> torch.Tensor:
         return self.to("cpu").float()
