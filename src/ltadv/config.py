@@ -52,7 +52,7 @@ class Data:
     drop_last: bool = False  # drop each epoch's last incomplete batch (the LDAM-DRW/RoBal loader does)
     # Streamed data sets (imagenet-lt; ltadv/data/stream.py): images decoded from disk by DataLoader workers
     image_size: int | None = None  # imagenet-lt's square crop in pixels (None: 224); 112, or 64 with resnet50_small
-    workers: int | None = None  # decoding processes (None: the CPUs this process may use, at most 8; 0: in-process)
+    workers: int | None = None  # decoding processes (None: the CPUs this process may use - 1, at most 16; 0: here)
     split_dir: str | None = None  # folder with ImageNet_LT_{train,val,test}.txt (None: data.root)
 
 
