@@ -38,6 +38,9 @@ CATALOG: dict[str, dict[str, tuple[str, str]]] = {
         "preact_resnet18": ("pre-activation ResNet-18 (Tiny-ImageNet-LT in AT-BSL)", "He et al., ECCV 2016, arXiv 1603.05027"),
         "wrn34_10": ("WideResNet-34-10", "Zagoruyko & Komodakis, BMVC 2016, arXiv 1605.07146"),
         "small_cnn": ("three-convolution CNN for the 8x8 digits (the embedded default)", "ltadv"),
+        "resnet50": ("torchvision's ResNet-50, untrained, 224 or 112 px (ImageNet-LT)", "He et al., CVPR 2016, arXiv 1512.03385"),
+        "resnet50_small": ("ResNet-50 with a 3x3 stride-1 stem for 64 px (ImageNet-LT at low resolution)",
+                           "He et al., CVPR 2016; ltadv"),
     },
     "aug": {
         "mixup": ("Mixup of image pairs and their labels", "Zhang et al., ICLR 2018, arXiv 1710.09412"),
@@ -66,6 +69,8 @@ CATALOG: dict[str, dict[str, tuple[str, str]]] = {
                        "Krizhevsky 2009; Cui et al., CVPR 2019"),
         "cifar100-lt": ("CIFAR-100, long-tailed (IR 10 by default)", "Krizhevsky 2009; Cui et al., CVPR 2019"),
         "tiny-imagenet-lt": ("Tiny-ImageNet-200 at 64x64, long-tailed (IR 10)", "Le & Yang 2015"),
+        "imagenet-lt": ("ImageNet-LT from its split files, streamed from disk (1,000 classes, 1280 -> 5 images)",
+                        "Liu et al., CVPR 2019, arXiv 1904.05160"),
     },
 }
 

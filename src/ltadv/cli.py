@@ -255,8 +255,31 @@ def cmd_sweep(args, extra) -> int:
     from .sweep import run_sweep
 
     overrides = _parse_overrides(extra)
-    run_sweep(args.spec, args.out, overrides, quiet=True)
+    run_sweep(args.spec, args.out, overrides, quiet=True, slurm=_slurm_options(args))
     return 0
+
+
+def _slurm_options(args):
+    """The sweep's --launcher and Slurm flags as :class:`ltadv.slurm.SlurmOptions` (None: local launcher)."""
+    from .slurm import SlurmOptions, parse_slurm_opts, parse_time
+
+    slurm_only = [f for f, v in (("--partition", args.partition), ("--time", args.time),
+                                 ("--array-parallelism", args.array_parallelism), ("--slurm-opt", args.slurm_opt),
+                                 ("--cpus-per-job", args.cpus_per_job), ("--mem-gb", args.mem_gb),
+                                 ("--gpus-per-job", args.gpus_per_job)) if v not in (None, [])]
+    if args.launcher == "local":
+        if slurm_only:
+            raise CLIError(f"{slurm_only[0]} applies to --launcher slurm (or submitit-local) only")
+        return None
+    for flag, v in (("--gpus-per-job", args.gpus_per_job), ("--cpus-per-job", args.cpus_per_job),
+                    ("--array-parallelism", args.array_parallelism), ("--mem-gb", args.mem_gb)):
+        if v is not None and v < (0 if flag == "--gpus-per-job" else 1):
+            raise CLIError(f"{flag} must be {'>= 0' if flag == '--gpus-per-job' else '>= 1'}, got {v}")
+    return SlurmOptions(cluster="slurm" if args.launcher == "slurm" else "local", partition=args.partition,
+                        gpus_per_job=1 if args.gpus_per_job is None else args.gpus_per_job,
+                        cpus_per_job=args.cpus_per_job, mem_gb=args.mem_gb,
+                        time_min=parse_time(args.time) if args.time else 24 * 60,
+                        array_parallelism=args.array_parallelism, extra=parse_slurm_opts(args.slurm_opt))
 
 
 def cmd_export(args, extra) -> int:
@@ -410,6 +433,21 @@ def build_parser() -> argparse.ArgumentParser:
                                    "DIR/report. Dotted overrides apply to every cell.", allow_abbrev=False)
     w.add_argument("spec", metavar="FILE|PRESET", help=f"sweep YAML or preset: {', '.join(preset_names())}")
     w.add_argument("--out", metavar="DIR", help="folder for the cells (default runs/<sweep name>)")
+    sl = w.add_argument_group("launcher (docs/slurm.md)")
+    sl.add_argument("--launcher", default="local", choices=["local", "slurm", "submitit-local"],
+                    help="local: one cell after another here (default); slurm: a Slurm job array through "
+                         "submitit, cells requeued after preemption resume from their checkpoints; "
+                         "submitit-local: the same jobs as local processes (try a sweep before the cluster)")
+    sl.add_argument("--partition", help="Slurm partition of the jobs")
+    sl.add_argument("--gpus-per-job", type=int, default=None, help="GPUs per cell (default 1)")
+    sl.add_argument("--cpus-per-job", type=int, default=None, help="CPU cores per cell (data loading)")
+    sl.add_argument("--mem-gb", type=float, default=None, help="memory per cell in GB")
+    sl.add_argument("--time", metavar="D-H:M:S", help="time limit per job (sbatch --time formats; default 1-00:00:00); "
+                                                     "a cell that hits it is requeued and resumes")
+    sl.add_argument("--array-parallelism", type=int, default=None, metavar="N",
+                    help="run at most N cells at a time (Slurm array %%N)")
+    sl.add_argument("--slurm-opt", action="append", default=[], metavar="KEY=VALUE",
+                    help="any other sbatch option, repeatable: --slurm-opt account=mylab --slurm-opt qos=high")
     w.set_defaults(func=cmd_sweep)
     x = sub.add_parser("export", help="write a run's weights as one self-describing safetensors file",
                        description="Write the best or last weights of a run, with its config as metadata, to one "
@@ -503,11 +541,12 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .data import DataError
     from .rundir import RunDirError
+    from .slurm import SlurmError
     from .sweep import SweepError
 
     try:
         return args.func(args, extra)
-    except (ConfigError, DataError, CheckpointError, RunDirError, CLIError, SweepError, ValueError) as e:
+    except (ConfigError, DataError, CheckpointError, RunDirError, CLIError, SweepError, SlurmError, ValueError) as e:
         if os.environ.get("LTADV_DEBUG"):
             raise
         print(f"ltadv: error: {e}", file=sys.stderr)

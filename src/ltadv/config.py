@@ -50,6 +50,10 @@ class Data:
     subset_file: str | None = None  # .npz with train_indices (and val_indices), as RobustLT's split files
     subset_file_val: str = "val"  # val: the file's val_indices are the validation split | train: they train too
     drop_last: bool = False  # drop each epoch's last incomplete batch (the LDAM-DRW/RoBal loader does)
+    # Streamed data sets (imagenet-lt; ltadv/data/stream.py): images decoded from disk by DataLoader workers
+    image_size: int | None = None  # imagenet-lt's square crop in pixels (None: 224); 112, or 64 with resnet50_small
+    workers: int | None = None  # decoding processes (None: the CPUs this process may use - 1, at most 16; 0: here)
+    split_dir: str | None = None  # folder with ImageNet_LT_{train,val,test}.txt (None: data.root)
 
 
 @dataclass(frozen=True)
@@ -530,6 +534,20 @@ def validate(cfg: Config) -> None:
     _check_protocol_fields(cfg)
     _check_outer_losses(cfg)
     _check_eval_protocol(cfg)
+    _check_streaming(cfg)
+
+
+def _check_streaming(cfg: Config) -> None:
+    """The streamed data set's fields: a crop size that leaves a feature map, workers >= 0."""
+    d = cfg.data
+    _require([
+        (d.image_size is None or d.name == "imagenet-lt",
+         f"data.image_size applies to imagenet-lt only ({d.name} images have their own size)"),
+        (d.image_size is None or 8 <= d.image_size <= 1024,
+         f"data.image_size must be in [8, 1024], got {d.image_size}"),
+        (d.workers is None or d.workers >= 0,
+         f"data.workers must be >= 0 (0: decode in the main process), got {d.workers}"),
+    ])
 
 
 def _check_protocol_fields(cfg: Config) -> None:

@@ -29,6 +29,7 @@ from .build import (
 )
 from .config import Config, ConfigError, from_dict, protocol_differences
 from .data import LTData, build_data, build_pipeline, write_subset_file
+from .data.stream import default_workers
 from .evaluate import class_groups, robust_flags, summarize
 from .fast import eval_view, keep_freed_memory
 from .methods import METHODS
@@ -135,8 +136,9 @@ def start_run(cfg: Config, out: Path, resume: bool, force: bool, log, guard: Run
     attack_model = fwd if attack_model is model else (torch.compile(attack_model) if cfg.train.compile
                                                       else attack_model)
     model = dctx.sync_batchnorm(model, cfg.train.sync_bn, log)  # in place, after the BN-folded attack view
-    augment = build_pipeline(cfg.data.aug, cfg.data.crop_flip, data.num_classes, data.image_size,
-                             groups=cfg.data.aug_groups)
+    # a streamed data set crops and flips in its decoding workers (ImageNet's RandomResizedCrop)
+    augment = build_pipeline(cfg.data.aug, cfg.data.crop_flip and not streamed(data), data.num_classes,
+                             data.image_size, groups=cfg.data.aug_groups)
     x_sel, y_sel = selection_split(cfg, data)
     run = TrainingRun(cfg, out, data, device, dctx, method, model, opt, autocast, scaler, attack_model,
                       dctx.wrap(model, fwd, device, cfg.train.compile),  # DDP for the loss; attacks use the bare model
@@ -151,6 +153,19 @@ def start_run(cfg: Config, out: Path, resume: bool, force: bool, log, guard: Run
             write_subset_file(out / SUBSET_FILE, data)  # the exact images, reusable as data.subset_file
     count_forwards(run)
     return run
+
+
+def streamed(data: LTData) -> bool:
+    """The training images are decoded from disk batch by batch (ImageNet-LT), not held as a tensor."""
+    return not isinstance(data.x_train, torch.Tensor)
+
+
+def train_tensors(run: TrainingRun):
+    """(x, y, decoding workers) the batch loop reads: in-memory images on the device, or the streamed list."""
+    data, device = run.data, run.device
+    x = data.x_train if streamed(data) else data.x_train.to(device)
+    workers = run.cfg.data.workers if run.cfg.data.workers is not None else default_workers()  # streamed only
+    return x, data.y_train.to(device), workers
 
 
 def selection_split(cfg: Config, data: LTData) -> tuple[torch.Tensor, torch.Tensor]:

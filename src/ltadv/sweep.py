@@ -13,7 +13,8 @@ A sweep file (or a built-in preset under ``ltadv/presets/sweeps/``) holds::
     relative_to: at_bsl        # optional: the table's time / memory ratios are to this cell
 
 Cells are the named cells times the grid (each alone when the other is absent). Each cell runs in
-its own process (so peak memory is per run) as ``ltadv train --out OUT/<cell>``; a cell whose
+its own process (so peak memory is per run) as ``ltadv train --out OUT/<cell>``, one after another,
+or as a Slurm job array with ``--launcher slurm`` (:mod:`ltadv.slurm`); a cell whose
 ``result.json`` is complete is skipped, one with a checkpoint is resumed, so an interrupted sweep
 restarted with the same command runs only what is missing. At the end the sweep writes
 ``OUT/summary.md`` and the full report (``ltadv report OUT``) into ``OUT/report/``.
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import itertools
 import subprocess
-import sys
 import time
 from importlib import resources
 from pathlib import Path
@@ -31,13 +31,14 @@ from typing import Any
 
 import yaml
 
+from .cells import cell_command, cell_status
 from .config import ConfigError, load_config, read_yaml, to_dict
 from .report import format_table, write_report
 from .results import read_record
 from .rundir import RunDirError, check_plain_name
 
 SPEC_KEYS = {"name", "base", "cells", "grid", "relative_to", "description"}
-RESERVED = {"_cells", "report", "summary.md"}  # what the sweep itself writes under OUT
+RESERVED = {"_cells", "_submitit", "report", "summary.md"}  # what the sweep itself writes under OUT
 
 
 class SweepError(RuntimeError):
@@ -133,20 +134,13 @@ def expand(spec: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def cell_status(run_dir: Path) -> str:
-    """complete | partial (a checkpoint to resume) | empty."""
-    try:
-        if read_record(run_dir).get("status") == "complete":
-            return "complete"
-    except ValueError:
-        pass
-    if (run_dir / "checkpoints" / "last.pt").is_file():
-        return "partial"
-    return "empty"
-
-
 def run_sweep(spec_name: str, out: str | Path | None = None, overrides: dict[str, Any] | None = None,
-              quiet: bool = True, log=print, report: bool = True) -> dict[str, dict]:
+              quiet: bool = True, log=print, report: bool = True, slurm=None) -> dict[str, dict]:
+    """Run every unfinished cell, then write the summary and the report.
+
+    ``slurm``: a :class:`ltadv.slurm.SlurmOptions` to run the cells as a Slurm job array through
+    submitit (each cell resumable after preemption); None: one cell after another in child processes.
+    """
     spec = load_spec(spec_name)
     out = Path(out or Path("runs") / spec["name"])
     cells = expand(spec)
@@ -156,30 +150,41 @@ def run_sweep(spec_name: str, out: str | Path | None = None, overrides: dict[str
             configs[name] = load_config(overrides={**ov, **(overrides or {})})
         except ConfigError as e:
             raise ConfigError(f"sweep cell {name!r}: {e}") from None
+    if slurm is not None:
+        from .slurm import check_available
+
+        check_available(slurm)  # no Slurm here: one line before the sweep's folder is made
     cell_dir = out / "_cells"
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not cell_dir.is_dir())):
         raise SweepError(f"sweep output {out} exists and is not an earlier sweep's folder (no _cells/ in it); "
                          f"choose a new or empty --out")
     cell_dir.mkdir(parents=True, exist_ok=True)
+    pending = []
     for i, (name, cfg) in enumerate(configs.items(), 1):
         run_dir = out / name
-        status = cell_status(run_dir)
-        if status == "complete":
+        if cell_status(run_dir) == "complete":
             log(f"[{i}/{len(configs)}] {name}: complete, skipped")
             continue
         cfg_file = cell_dir / f"{name}.yaml"
         cfg_file.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        cmd = [sys.executable, "-m", "ltadv", "train", "--config", str(cfg_file), "--out", str(run_dir)]
-        cmd += ["--resume"] if status == "partial" else ["--force"]
-        if quiet:
-            cmd.append("--quiet")
-        log(f"[{i}/{len(configs)}] {name}: {'resuming' if status == 'partial' else 'training'}")
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise SweepError(f"sweep cell {name!r} failed: {last}")
-        log(f"[{i}/{len(configs)}] {name}: done in {time.perf_counter() - t0:.0f}s")
+        pending.append((i, name, cfg_file, run_dir))
+    if slurm is not None:
+        from .slurm import run_cells
+
+        failed = run_cells([(n, f, r) for _, n, f, r in pending], out, slurm, quiet, log, f"ltadv-{spec['name']}")
+        if failed:
+            raise SweepError(f"{len(failed)} sweep cell(s) failed: " + "; ".join(f"{n}: {e}" for n, e in
+                                                                                failed.items()))
+    else:
+        for i, name, cfg_file, run_dir in pending:
+            cmd = cell_command(cfg_file, run_dir, quiet)
+            log(f"[{i}/{len(configs)}] {name}: {'resuming' if '--resume' in cmd else 'training'}")
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+                raise SweepError(f"sweep cell {name!r} failed: {last}")
+            log(f"[{i}/{len(configs)}] {name}: done in {time.perf_counter() - t0:.0f}s")
     records = {name: read_record(out / name) for name in configs}
     table = format_table(records, relative_to=spec.get("relative_to"))
     (out / "summary.md").write_text(f"# sweep {spec['name']}\n\n{table}\n")
@@ -191,4 +196,4 @@ def run_sweep(spec_name: str, out: str | Path | None = None, overrides: dict[str
     return records
 
 
-__all__ = ["SweepError", "expand", "load_spec", "preset_names", "run_sweep"]
+__all__ = ["SweepError", "cell_status", "expand", "load_spec", "preset_names", "run_sweep"]

@@ -22,6 +22,7 @@ import torch
 from .build import load_run_model
 from .config import Config
 from .data.sampler import epoch_order
+from .data.stream import train_batches
 from .evaluate import to_float
 from .fast import EvalView
 from .nonfinite import check_weights, finite_loss
@@ -30,7 +31,17 @@ from .results import RESULT, write_json_atomic
 from .run_eval import evaluate_run
 from .rundir import CKPT_DIR, EVAL_STATE, RunDirError, RunGuard, guarded_run
 from .schedule import epoch_stop, lr_at
-from .session import EpochCosts, epoch_line, epoch_row, planned_batches, save_epoch, start_banner, start_run, validate
+from .session import (
+    EpochCosts,
+    epoch_line,
+    epoch_row,
+    planned_batches,
+    save_epoch,
+    start_banner,
+    start_run,
+    train_tensors,
+    validate,
+)
 from .shard import Shard
 
 __all__ = ["CKPT_DIR", "EVAL_STATE", "RunDirError", "evaluate_run", "load_run_model", "train", "train_step"]
@@ -50,7 +61,7 @@ def train(cfg: Config, out: str | Path, resume: bool = False, force: bool = Fals
 def _train(cfg: Config, out: Path, resume: bool, force: bool, log, guard: RunGuard) -> dict:
     run = start_run(cfg, out, resume, force, log, guard)
     cfg, data, device, dctx, model, method = run.cfg, run.data, run.device, run.dctx, run.model, run.method
-    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    x_train, y_train, workers = train_tensors(run)
     bs = dctx.local_batch(cfg.optim.batch_size)  # optim.batch_size is the global batch
     run.log(start_banner(cfg, data, out, device, dctx.world_size, planned_batches(cfg, len(data.y_train)),
                          run.record["protocol_differences"], run.start_epoch))
@@ -69,17 +80,17 @@ def _train(cfg: Config, out: Path, resume: bool, force: bool, log, guard: RunGua
         bar = Progress(math.ceil(stop / bs), f"epoch {epoch + 1}/{cfg.train.epochs}",
                        cfg.train.progress and dctx.is_main, run.log, cfg.train.log_every,
                        images_per_step=bs * dctx.world_size)
-        for i in range(0, stop, bs):
-            idx = order[i:i + bs]
-            x, target = run.augment(to_float(x_train[idx], device), y_train[idx])
+        for i, (x, y) in enumerate(train_batches(x_train, y_train, order, stop, bs, device, workers,
+                                                 cfg.seed, epoch)):
+            x, target = run.augment(to_float(x, device), y)
             if run.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             out_m = train_step(model, run.loss_fwd, run.attack_model, method, run.opt, x, target,
                                run.autocast, run.scaler)
-            stats["loss"] += finite_loss(out_m["loss"], cfg, epoch, i // bs) * len(idx)  # NaN/inf: stop, save nothing
+            stats["loss"] += finite_loss(out_m["loss"], cfg, epoch, i) * len(y)  # NaN/inf: stop, save nothing
             hard = target if target.dim() == 1 else target.argmax(1)
             stats["correct"] += int((out_m["logits"].detach().argmax(1) == hard).sum())
-            stats["seen"] += len(idx)
+            stats["seen"] += len(y)
             bar.update(1, loss=f"{stats['loss'] / stats['seen']:.3f}")
         bar.close()
         stats["loss"], stats["correct"], stats["seen"] = dctx.all_sum(stats["loss"], stats["correct"], stats["seen"])

@@ -207,7 +207,9 @@ def run_cascade(
     device = _device(model)
     state_path = Path(state_path) if state_path is not None else None
     state = _load_state(state_path, key, log, len(y), len(names)) if state_path is not None else None
-    x_adv = x.float().div(255) if x.dtype == torch.uint8 else x.detach().clone().float()
+    x_adv = None  # a float copy of every point only when asked for (a streamed test set stays on disk)
+    if return_adv:
+        x_adv = x.float().div(255) if x.dtype == torch.uint8 else x.detach().clone().float()
     with frozen(model):
         if state is None:
             if correct is None:

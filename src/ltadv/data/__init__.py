@@ -9,23 +9,31 @@ import numpy as np
 import torch
 
 from ..config import Data
-from ..registry import lookup
+from ..registry import lookup, register
 from .augment import AUGMENTATIONS, build_pipeline
+from .imagenet_lt import STATS as IMAGENET_STATS
+from .imagenet_lt import read_imagenet_lt
 from .longtail import ldam_counts, ldam_indices, long_tail_counts, split_indices
 from .readers import READERS, STATS, DataError
+from .stream import ImageList, train_batches
 
+register(READERS, "imagenet-lt")(read_imagenet_lt)  # streamed from disk (data/stream.py)
+STATS["imagenet-lt"] = IMAGENET_STATS
 DATASETS = READERS
 
 __all__ = [
     "AUGMENTATIONS",
     "DATASETS",
     "DataError",
+    "ImageList",
     "LTData",
     "build_data",
     "build_pipeline",
     "load_split",
     "long_tail_counts",
     "read_subset_file",
+    "streamed",
+    "train_batches",
     "write_subset_file",
 ]
 
@@ -34,7 +42,8 @@ __all__ = [
 class LTData:
     """A long-tailed training split, a balanced validation split and the balanced test split.
 
-    Images are uint8 N x C x H x W tensors; ``class_counts[i]`` is the number of training images of class i.
+    Images are uint8 N x C x H x W tensors, or :class:`~ltadv.data.stream.ImageList` s streamed from disk
+    (ImageNet-LT); ``class_counts[i]`` is the number of training images of class i.
     """
 
     name: str
@@ -63,6 +72,11 @@ class LTData:
         return int(self.x_train.shape[-1])
 
 
+def streamed(name: str) -> bool:
+    """Whether dataset ``name`` streams from disk (its images are ImageLists, not tensors)."""
+    return getattr(lookup(READERS, name, "dataset"), "build", None) is not None
+
+
 def _read(name: str, root: str | None):
     reader = lookup(READERS, name, "dataset")
     return reader(root)
@@ -89,6 +103,9 @@ def build_data(cfg: Data, seed: int) -> LTData:
     indices from a split file instead (``train_indices`` / ``val_indices``, the format of RobustLT's
     ``core/data/split/*.npz`` and of the ``subset.npz`` every ltadv run writes).
     """
+    build = getattr(lookup(READERS, cfg.name, "dataset"), "build", None)
+    if build is not None:  # a streamed data set brings its own split (ImageNet-LT's files)
+        return build(cfg, seed)
     xtr, ytr, xte, yte = _read(cfg.name, cfg.root)
     available = check_labels(cfg.name, ytr, yte)
     num_classes = cfg.num_classes or available
@@ -224,12 +241,12 @@ def load_split(
     if imbalance_ratio is not None:
         overrides["data.imbalance_ratio"] = imbalance_ratio
     cfg = load_config(overrides=overrides)
-    if split == "test":
+    if split == "test" and not streamed(cfg.data.name):
         xtr, ytr, xte, yte = _read(cfg.data.name, cfg.data.root)
         k = cfg.data.num_classes or check_labels(cfg.data.name, ytr, yte)
         keep = yte < k
         x, y = torch.from_numpy(np.ascontiguousarray(xte[keep])), torch.from_numpy(yte[keep])
     else:
         d = build_data(cfg.data, seed)
-        x, y = (d.x_train, d.y_train) if split == "train" else (d.x_val, d.y_val)
+        x, y = {"train": (d.x_train, d.y_train), "val": (d.x_val, d.y_val), "test": (d.x_test, d.y_test)}[split]
     return x.float().div(255), y

@@ -97,4 +97,4 @@ def build_model(
 
 
 # Registration happens on import of each architecture file.
-from . import preact_resnet, resnet, small_cnn, wrn  # noqa: E402,F401
+from . import preact_resnet, resnet, resnet50, small_cnn, wrn  # noqa: E402,F401
