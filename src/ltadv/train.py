@@ -18,6 +18,8 @@ import torch
 
 from . import checkpoint as ckpt
 from . import distributed, reproducibility
+from . import ema as weight_ema
+from .awp import build as build_awp
 from .config import Config, ConfigError, from_dict, protocol_differences
 from .data import AUGMENTATIONS, DATASETS, LTData, build_data, build_pipeline, write_subset_file
 from .data.sampler import epoch_order
@@ -265,6 +267,8 @@ def _train(cfg: Config, out: Path, resume: bool, force: bool, log, guard: RunGua
     opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                           weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
     autocast, scaler = autocast_for(cfg, device)
+    awp = build_awp(cfg, model)  # AWP's proxy copy (ltadv/awp.py); None unless method.awp
+    ema = weight_ema.build(cfg, model)  # the weight average (ltadv/ema.py); None unless train.ema_decay > 0
     fwd = torch.compile(model) if cfg.train.compile else model
     # Attacks run on a BN-folded channels_last eval view (same function, ~1.5x faster; ltadv.fast).
     attack_model = eval_view(model, fold_bn=cfg.train.fold_bn, channels_last=view_channels_last)
@@ -313,6 +317,9 @@ def _train(cfg: Config, out: Path, resume: bool, force: bool, log, guard: RunGua
         _set_rng_state(dctx.pick_rng(state["rng"], log))
         start_epoch, best_score = int(state["epoch"]), float(state["best_score"])
         method.load_state_dict(state.get("method_state") or {})
+        if ema is not None:
+            ema.load_state_dict(state["ema"], str(out / CKPT_DIR / "last.pt"))
+            record["ema"] = ema.record()
         record["epochs"], record["best_epoch"] = list(state["epochs"]), state["best_epoch"]
         log(f"resuming {out} after epoch {start_epoch}")
     else:
@@ -357,7 +364,9 @@ def _train(cfg: Config, out: Path, resume: bool, force: bool, log, guard: RunGua
             x, target = augment(x, y)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            out_m = train_step(model, loss_fwd, attack_model, method, opt, x, target, autocast, scaler)
+            out_m = train_step(model, loss_fwd, attack_model, method, opt, x, target, autocast, scaler, awp)
+            if ema is not None:
+                ema.update(model)
             total_loss += finite_loss(out_m["loss"], cfg, epoch, i // bs) * len(idx)  # NaN/inf: stop, save nothing
             hard = target if target.dim() == 1 else target.argmax(1)
             total_correct += int((out_m["logits"].detach().argmax(1) == hard).sum())
@@ -406,6 +415,10 @@ def _train(cfg: Config, out: Path, resume: bool, force: bool, log, guard: RunGua
             record["best_epoch"] = epoch + 1
             ckpt.save_weights(out / CKPT_DIR / "best.safetensors", model)
         ckpt.save_weights(out / CKPT_DIR / "last.safetensors", model)
+        if ema is not None:  # the average's own scores, best and last weights (ltadv/ema.py)
+            score = (lambda m: weight_ema.val_scores(inference_model(m, cfg, data.class_counts, meta["head"]), x_sel,
+                     y_sel, eps_eval, data.num_classes, groups, cfg)) if selects_at(cfg, epoch + 1) else None
+            record["ema"] = ema.end_epoch(model, epoch + 1, score, lambda s, b: is_better(cfg, s, b), out / CKPT_DIR)
         ckpt.save_state(out / CKPT_DIR / "last.pt", {
             "model": model.state_dict(),
             "optimizer": opt.state_dict(),
@@ -418,6 +431,7 @@ def _train(cfg: Config, out: Path, resume: bool, force: bool, log, guard: RunGua
             "config": cfg.to_dict(),
             "class_counts": data.class_counts,
             "method_state": method.state_dict(),
+            **({"ema": ema.state_dict()} if ema is not None else {}),
         })
         write_json_atomic(out / RESULT, record)
         split = "val" if cfg.eval.select_on == "val" else "test"
@@ -430,7 +444,8 @@ def _train(cfg: Config, out: Path, resume: bool, force: bool, log, guard: RunGua
     write_json_atomic(out / RESULT, record)
     if not dctx.is_main:  # rank 0 evaluates on the test split; the others are done
         return record
-    return evaluate_run(out, cfg.eval.attacks, checkpoints=cfg.eval.checkpoints, data=data, log=log)
+    return evaluate_run(out, cfg.eval.attacks, checkpoints=weight_ema.checkpoints(cfg, cfg.eval.checkpoints),
+                        data=data, log=log)
 
 
 def epoch_stop(cfg: Config, n: int, bs: int) -> int:
@@ -499,13 +514,14 @@ def is_better(cfg: Config, score: float | None, best: float) -> bool:
     return score > best or (cfg.eval.select_ties == "last" and score == best)
 
 
-def train_step(model, loss_fwd, attack_model, method, opt, x, target, autocast, scaler) -> dict:
+def train_step(model, loss_fwd, attack_model, method, opt, x, target, autocast, scaler, awp=None) -> dict:
     """One adversarial training step: attack in eval mode, then an SGD step on the method's loss.
 
     ``model`` is the bare module (its mode is toggled here), ``loss_fwd`` what the loss calls (the
     model, compiled and/or DDP-wrapped), ``attack_model`` what the attack calls: the model itself or
     its :class:`~ltadv.fast.EvalView` (BN folded, channels_last), refreshed here from the live weights
-    so the attack sees the current model.
+    so the attack sees the current model. ``awp`` (ltadv/awp.py) perturbs the weights for the step and
+    restores them after it.
     """
     view = getattr(attack_model, "_orig_mod", attack_model)
     if isinstance(view, EvalView):
@@ -514,6 +530,7 @@ def train_step(model, loss_fwd, attack_model, method, opt, x, target, autocast, 
     with autocast():
         x_adv = method.perturb(attack_model, x, target)
     model.train()
+    diff = awp.perturb(model, method, x, x_adv, target, autocast) if awp is not None else None
     with autocast():
         out = method.loss(loss_fwd, x, x_adv, target)
     opt.zero_grad(set_to_none=True)
@@ -524,16 +541,20 @@ def train_step(model, loss_fwd, attack_model, method, opt, x, target, autocast, 
     else:
         out["loss"].backward()
         opt.step()
+    if diff is not None:
+        awp.restore(model, diff)
     return out
 
 
 def load_run_model(run_dir: str | Path, which: str = "best", device=None) -> tuple[Classifier, dict]:
     """(eval-mode model, record) from a run folder's safetensors weights."""
-    if which not in ("best", "last"):
-        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
+    if which not in ("best", "last", *weight_ema.CHECKPOINTS):
+        raise ValueError(f"which must be 'best', 'last', 'ema_best' or 'ema_last', got {which!r}")
     run_dir = Path(run_dir)
     record = read_record(run_dir, required=RECORD_KEYS)
     cfg = from_dict(record["config"])
+    if which in weight_ema.CHECKPOINTS and not record.get("ema"):
+        raise ckpt.CheckpointError(f"{run_dir} has no weight average ({which}): it was trained with train.ema_decay 0")
     weights = run_dir / CKPT_DIR / f"{which}.safetensors"
     model = build_checked(cfg, record["model_meta"], weights, f"run record {run_dir / RESULT}")
     ckpt.load_weights(weights, model)
