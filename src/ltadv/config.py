@@ -96,6 +96,12 @@ class Method:
     awp: bool = False
     awp_gamma: float = 5e-3  # TRADES-AWP's and RobustLT's value; AT-AWP (train_cifar10.py) uses 1e-2
     awp_warmup: int = 0  # 1-based epoch from which AWP is on (TRADES-AWP: 10; AT-AWP, RobustLT: from the start)
+    # TAET (methods/taet.py; the authors' TAET.ipynb and HARL.py): clean CE for the first taet_ce_epochs epochs,
+    # then HARL = alpha * balanced + beta * hierarchical deviation + gamma * rare-class emphasis
+    taet_ce_epochs: int = 40
+    taet_alpha: float = 0.1
+    taet_beta: float = 0.1
+    taet_gamma: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -539,6 +545,7 @@ def validate(cfg: Config) -> None:
     _check_outer_losses(cfg)
     _check_eval_protocol(cfg)
     _check_awp_ema(cfg)
+    _check_taet(cfg)
 
 
 def _check_protocol_fields(cfg: Config) -> None:
@@ -605,3 +612,11 @@ def _check_awp_ema(cfg: Config) -> None:
         (t.ema_warmup >= 0, f"train.ema_warmup must be >= 0, got {t.ema_warmup}"),
         (t.ema_bn in ("ema", "copy"), f"train.ema_bn must be ema or copy, got {t.ema_bn!r}"),
     ])
+
+
+def _check_taet(cfg: Config) -> None:
+    """Range checks of TAET's schedule and HARL weights (``method.taet_*``)."""
+    m = cfg.method
+    _require([(m.taet_ce_epochs >= 0, f"method.taet_ce_epochs must be >= 0, got {m.taet_ce_epochs}")]
+             + [(getattr(m, k) >= 0, f"method.{k} must be >= 0, got {getattr(m, k)}")
+                for k in ("taet_alpha", "taet_beta", "taet_gamma")])

@@ -78,3 +78,4 @@ class Method:
 # Registration happens on import of each method file.
 from . import at, robal, trades  # noqa: E402,F401, I001
 from . import baselines, reat  # noqa: E402,F401, I001
+from . import taet  # noqa: E402,F401, I001
