@@ -102,6 +102,11 @@ class Method:
     taet_alpha: float = 0.1
     taet_beta: float = 0.1
     taet_gamma: float = 0.1
+    # RobustLT's class-wise wrapper (methods/robustlt.py): eps_c = (1 - alpha) eps + tau sqrt(log(n_max / n_c)) eps,
+    # ramped in over the first robustlt_beta of the epochs; values of RobustLT's CIFAR-10-LT AT-BSL config
+    robustlt: bool = False
+    robustlt_alpha: float = 0.3
+    robustlt_beta: float = 0.8
 
 
 @dataclass(frozen=True)
@@ -546,6 +551,7 @@ def validate(cfg: Config) -> None:
     _check_eval_protocol(cfg)
     _check_awp_ema(cfg)
     _check_taet(cfg)
+    _check_robustlt(cfg)
 
 
 def _check_protocol_fields(cfg: Config) -> None:
@@ -620,3 +626,18 @@ def _check_taet(cfg: Config) -> None:
     _require([(m.taet_ce_epochs >= 0, f"method.taet_ce_epochs must be >= 0, got {m.taet_ce_epochs}")]
              + [(getattr(m, k) >= 0, f"method.{k} must be >= 0, got {getattr(m, k)}")
                 for k in ("taet_alpha", "taet_beta", "taet_gamma")])
+
+
+# Methods whose attack is not the base PGD on CE (TRADES: KL; REAT: re-weighted CE): the wrapper is not wired there.
+ROBUSTLT_EXCLUDED = ("trades", "reat")
+
+
+def _check_robustlt(cfg: Config) -> None:
+    """Range checks of RobustLT's class-wise wrapper (``method.robustlt*``)."""
+    m = cfg.method
+    _require([
+        (0 <= m.robustlt_alpha <= 1, f"method.robustlt_alpha must be in [0, 1], got {m.robustlt_alpha}"),
+        (m.robustlt_beta >= 0, f"method.robustlt_beta must be >= 0, got {m.robustlt_beta}"),
+        (not m.robustlt or m.name not in ROBUSTLT_EXCLUDED,
+         f"method.robustlt wraps the base PGD-CE attack; {m.name!r} attacks with its own loss"),
+    ])
