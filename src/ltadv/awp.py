@@ -59,6 +59,22 @@ def add_into(model: torch.nn.Module, diff: dict[str, torch.Tensor], coeff: float
                 p.add_(diff[name] if coeff == 1.0 else coeff * diff[name])
 
 
+def _mean_over_processes(grads):
+    """Under DDP, the proxy gradient of the whole global batch (the authors' DataParallel proxy sees it all),
+    so every process adds the same perturbation and subtracts it again exactly."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return grads
+    out = []
+    for g in grads:
+        if g is not None:
+            g = g.contiguous()
+            dist.all_reduce(g)
+            g = g / dist.get_world_size()
+        out.append(g)
+    return out
+
+
 class AWP:
     """The adversary on the weights of one model: ``v = awp.perturb(...)``, the step, ``awp.restore(v)``."""
 
@@ -81,6 +97,7 @@ class AWP:
         with torch.enable_grad(), (autocast or contextlib.nullcontext)():
             loss = method.loss(self.proxy, x, x_adv, target)["loss"]
         grads = torch.autograd.grad(loss.float(), [params[n] for n in self.names], allow_unused=True)
+        grads = _mean_over_processes(grads)
         weights = {n: p.detach() for n, p in model.named_parameters() if n in self.names}
         diff = weight_perturbation(weights, dict(zip(self.names, grads)), self.gamma)
         add_into(model, diff)
