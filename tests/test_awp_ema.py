@@ -285,3 +285,25 @@ def test_ema_resume_equals_uninterrupted(ema_run, tmp_path):
     ra, rb = (json.loads((d / "result.json").read_text())["ema"] for d in (out, ema_run))
     assert (ra["steps"], ra["best_epoch"]) == (rb["steps"], rb["best_epoch"])
     assert [r["val_robust"] for r in ra["epochs"]] == [r["val_robust"] for r in rb["epochs"]]
+
+
+def test_the_docs_page_commands_run(tmp_path):
+    """docs/awp-ema.md's ``ltadv`` lines, on a shortened run (one epoch, few batches, no AutoAttack)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    page = (Path(__file__).parents[1] / "docs" / "awp-ema.md").read_text()
+    lines = [ln for block in re.findall(r"```sh\n(.*?)```", page, re.S) for ln in block.splitlines()
+             if ln.startswith("ltadv ")]
+    assert lines[0].startswith("ltadv train") and len(lines) == 3
+    for line in lines:
+        line = line.replace("runs/at_bsl-awp-ema", str(tmp_path / "run")).replace(",aa", "")
+        line = line.replace("at_bsl-awp-ema.safetensors", str(tmp_path / "avg.safetensors"))
+        argv = shlex.split(line)[1:]
+        if argv[0] == "train":
+            argv += [*CLI[2:], "--epochs", "2"]
+        elif argv[0] == "eval":
+            argv += ["--n", "20"]
+        assert main(argv) == 0, line
+    assert (tmp_path / "avg.safetensors").is_file()
