@@ -186,6 +186,9 @@ def test_one_epoch_with_awp_from_the_cli(method, tmp_path):
         assert main(["train", *CLI, "--method", method, "--out", str(tmp_path / name), *extra]) == 0
     rec = json.loads((tmp_path / "awp" / "result.json").read_text())
     assert rec["config"]["method"]["awp"] is True and rec["status"] == "complete"
+    plain = json.loads((tmp_path / "plain" / "result.json").read_text())["epochs"][0]["forward_passes"]
+    # the proxy's passes on top: AT-AWP one (x'), TRADES-AWP two (x and x'), per batch
+    assert rec["epochs"][0]["forward_passes"] == plain + 3 * (2 if method == "trades" else 1)
     assert math.isfinite(rec["epochs"][0]["train_loss"])
     a = load_file(str(tmp_path / "awp" / "checkpoints" / "last.safetensors"))
     b = load_file(str(tmp_path / "plain" / "checkpoints" / "last.safetensors"))

@@ -332,7 +332,7 @@ def _train(cfg: Config, out: Path, resume: bool, force: bool, log, guard: RunGua
     # eager module is free, but with torch.compile it would break the graph, so then it is not counted.
     forward_calls = [0]
     if not cfg.train.compile:
-        for counted in {model, attack_model}:  # the attack's eval view is a module of its own
+        for counted in {model, attack_model, *([awp.proxy] if awp else [])}:  # eval view, AWP proxy: modules too
             counted.register_forward_pre_hook(lambda _m, _a: forward_calls.__setitem__(0, forward_calls[0] + 1))
     x_train = data.x_train.to(device)
     y_train = data.y_train.to(device)
