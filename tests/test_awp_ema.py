@@ -48,6 +48,7 @@ V_HAND = [[0.0172841761, -0.0011212742], [-0.0172841761, 0.0011212742]]
 
 
 def test_at_awp_perturbation_matches_hand_numbers():
+    """gamma 0.01: AT_AWP/train_cifar10.py --awp-gamma (its logs: awp_size=0.01)."""
     model = linear(W0, [0.5, 0.5])
     method = method_for("at", **{"method.awp_gamma": 0.01})
     awp = AWP(model, gamma=0.01)
@@ -310,3 +311,13 @@ def test_the_docs_page_commands_run(tmp_path):
             argv += ["--n", "20"]
         assert main(argv) == 0, line
     assert (tmp_path / "avg.safetensors").is_file()
+
+
+def test_defaults_are_the_authors_values():
+    m = load_config(overrides={"data.name": "digits-lt"}).method
+    # trades_AWP/train_trades_cifar.py --awp-gamma; RobustLT configs/cifar10lf/awp_cifar10.yaml awp_gamma
+    assert m.awp_gamma == 0.005
+    assert m.awp_warmup == 0  # AT_AWP/train_cifar10.py --awp-warmup 0 (0-based `epoch >= 0`: from the start)
+    assert m.taet_ce_epochs == 40  # TAET code/TAET/TAET.ipynb: `if epoch < 40` (0-based)
+    assert (m.taet_alpha, m.taet_beta, m.taet_gamma) == (0.1, 0.1, 0.1)  # TAET code/HARL.py defaults
+    assert (m.robustlt_alpha, m.robustlt_beta) == (0.3, 0.8)  # RobustLT configs/cifar10lf/robustlt_atbsl_cifar10.yaml
