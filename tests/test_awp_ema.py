@@ -250,6 +250,21 @@ def test_ema_record_selection_and_final_metrics(ema_run):
     assert raw.keys() == avg.keys() and any(not torch.equal(raw[k], avg[k]) for k in raw)
 
 
+def test_the_average_leaves_the_raw_run_unchanged(ema_run, tmp_path):
+    """Same seed without the average: the raw weights and every raw per-epoch number are identical (the
+    average's evaluation draws its attack starts without moving the run's random streams)."""
+    plain = tmp_path / "plain"
+    train(load_config(overrides={**EMA_RUN, "train.ema_decay": 0.0}), plain, log=quiet)
+    for name in ("best", "last"):
+        a = load_file(str(plain / "checkpoints" / f"{name}.safetensors"))
+        b = load_file(str(ema_run / "checkpoints" / f"{name}.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    ra, rb = (json.loads((d / "result.json").read_text()) for d in (plain, ema_run))
+    keys = ("train_loss", "val_clean", "val_robust")
+    assert [[e[k] for k in keys] for e in ra["epochs"]] == [[e[k] for k in keys] for e in rb["epochs"]]
+    assert ra["metrics"] == rb["metrics"] and "ema" not in ra
+
+
 def test_ema_export_eval_and_load(ema_run, tmp_path, capsys):
     out = tmp_path / "avg.safetensors"
     assert main(["export", str(ema_run), "--which", "ema_best", "--out", str(out)]) == 0

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
+from . import reproducibility
 from .evaluate import robust_flags, summarize
 
 CHECKPOINTS = ("ema_best", "ema_last")
@@ -85,8 +86,10 @@ class WeightEMA:
         epoch), keep its best and last weights (``ema_best`` / ``ema_last.safetensors``); returns the record."""
         avg = self.averaged(model)
         t0 = time.perf_counter()
+        rng = reproducibility.capture_rng()  # the attack's random starts must not shift the raw run's draws
         rec = {"epoch": epoch1, **(scores(avg) if scores is not None else {"val_clean": None, "val_robust": None}),
                "eval_seconds": time.perf_counter() - t0}
+        reproducibility.restore_rng(rng)
         self.epochs.append(rec)
         if is_better(rec["val_robust"], self.best_score):
             self.best_score = rec["val_robust"] if rec["val_robust"] is not None else self.best_score
