@@ -15,7 +15,9 @@ def load_model(run_dir: str | Path, which: str = "best", device=None):
     """The trained model of a run folder as an eval-mode ``nn.Module`` on pixels in [0, 1].
 
     ``which`` is ``"best"`` (chosen on the validation split, or the test split with
-    ``eval.select_on test``) or ``"last"``. ``run_dir`` may also be a file written by ``ltadv export``.
+    ``eval.select_on test``) or ``"last"``; with a weight average (``train.ema_decay > 0``) also
+    ``"ema_best"`` (the average's own selection) or ``"ema_last"``. ``run_dir`` may also be a file written
+    by ``ltadv export``.
     """
     if str(run_dir).endswith(".safetensors"):
         from .export import load_exported

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
+from . import ema as weight_ema
 from .config import Config, ConfigError, from_dict
 from .data import AUGMENTATIONS, DATASETS, LTData
 from .methods import METHODS
@@ -150,11 +151,13 @@ def build_checked(cfg: Config, meta, weights: Path, source: str) -> Classifier:
 
 def load_run_model(run_dir: str | Path, which: str = "best", device=None) -> tuple[Classifier, dict]:
     """(eval-mode model, record) from a run folder's safetensors weights."""
-    if which not in ("best", "last"):
-        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
+    if which not in ("best", "last", *weight_ema.CHECKPOINTS):
+        raise ValueError(f"which must be 'best', 'last', 'ema_best' or 'ema_last', got {which!r}")
     run_dir = Path(run_dir)
     record = read_record(run_dir, required=RECORD_KEYS)
     cfg = from_dict(record["config"])
+    if which in weight_ema.CHECKPOINTS and not record.get("ema"):
+        raise ckpt.CheckpointError(f"{run_dir} has no weight average ({which}): it was trained with train.ema_decay 0")
     weights = run_dir / CKPT_DIR / f"{which}.safetensors"
     model = build_checked(cfg, record["model_meta"], weights, f"run record {run_dir / RESULT}")
     ckpt.load_weights(weights, model)

@@ -32,6 +32,8 @@ CATALOG: dict[str, dict[str, tuple[str, str]]] = {
                         "Cao et al., NeurIPS 2019, arXiv 1906.07413"),
         "at_la": ("AT with the logit-adjusted loss CE(z + tau log prior), tau 1", "Menon et al., ICLR 2021, arXiv 2007.07314"),
         "at_cdt": ("AT with class-dependent temperatures z_c / (n_max / n_c)^0.3", "Ye et al., arXiv 2001.01385"),
+        "taet": ("TAET: clean CE for 40 epochs, then HARL (class-mean CE + deviation + rare-class terms) on PGD examples",
+                 "Wang Yu-Hang et al., CVPR 2025, arXiv 2503.01924"),
     },
     "model": {
         "resnet18": ("ResNet-18 for 32x32 inputs", "He et al., CVPR 2016, arXiv 1512.03385"),

@@ -216,8 +216,8 @@ def cmd_eval(args, extra) -> int:
     attacks = [a for a in args.attacks.split(",") if a]
     which = [w for w in args.which.split(",") if w]
     for w in which:
-        if w not in ("best", "last"):
-            raise CLIError(f"--which takes best and/or last, got {w!r}")
+        if w not in ("best", "last", "ema_best", "ema_last"):
+            raise CLIError(f"--which takes best, last, ema_best and/or ema_last, got {w!r}")
     if args.n is not None and args.n < 1:
         raise CLIError(f"--n must be >= 1, got {args.n}")
     eps = None
@@ -420,7 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=None, help="evaluation batch size (default: the run's)")
     e.add_argument("--progress", action="store_true", help="progress bars / lines even if the run was --quiet")
     e.add_argument("--quiet", action="store_true", help="no progress output")
-    e.add_argument("--which", default="best,last", help="best, last or best,last")
+    e.add_argument("--which", default="best,last",
+                   help="comma-separated: best, last, ema_best, ema_last (the last two: train.ema_decay > 0)")
     e.add_argument("--device", default=None)
     e.add_argument("--eps-sweep", action="store_true",
                    help="sanity check: PGD-20 accuracy at eps x 1, 2, 4, 8 must fall and reach ~0")
@@ -453,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write the best or last weights of a run, with its config as metadata, to one "
                                    "safetensors file (ltadv.load_model accepts it).", allow_abbrev=False)
     x.add_argument("run_dir", metavar="RUN_DIR")
-    x.add_argument("--which", default="best", choices=["best", "last"])
+    x.add_argument("--which", default="best", choices=["best", "last", "ema_best", "ema_last"],
+                   help="raw weights (best, last) or the weight average's (ema_best, ema_last; train.ema_decay > 0)")
     x.add_argument("--out", metavar="FILE.safetensors", help="default: RUN_DIR/<name>-<which>.safetensors")
     x.add_argument("--force", action="store_true", help="replace an existing file")
     x.set_defaults(func=cmd_export)

@@ -95,6 +95,22 @@ class Method:
     # RoBal: where the cosine scale s lives. loss (RoBal's code): the head outputs cos, s and the margin
     # are applied inside the loss, so the attack and the TRADES KL see cos; head: the head outputs s * cos.
     scale_in: str = "loss"  # loss | head
+    # AWP (Wu, Xia, Wang, NeurIPS 2020; ltadv/awp.py): one proxy ascent step on the method's own loss at
+    # x', each weight matrix moved by awp_gamma * ||W|| in that direction for the step, then restored.
+    awp: bool = False
+    awp_gamma: float = 5e-3  # TRADES-AWP's and RobustLT's value; AT-AWP (train_cifar10.py) uses 1e-2
+    awp_warmup: int = 0  # 1-based epoch from which AWP is on (TRADES-AWP: 10; AT-AWP, RobustLT: from the start)
+    # TAET (methods/taet.py; the authors' TAET.ipynb and HARL.py): clean CE for the first taet_ce_epochs epochs,
+    # then HARL = alpha * balanced + beta * hierarchical deviation + gamma * rare-class emphasis
+    taet_ce_epochs: int = 40
+    taet_alpha: float = 0.1
+    taet_beta: float = 0.1
+    taet_gamma: float = 0.1
+    # RobustLT's class-wise wrapper (methods/robustlt.py): eps_c = (1 - alpha) eps + tau sqrt(log(n_max / n_c)) eps,
+    # ramped in over the first robustlt_beta of the epochs; values of RobustLT's CIFAR-10-LT AT-BSL config
+    robustlt: bool = False
+    robustlt_alpha: float = 0.3
+    robustlt_beta: float = 0.8
 
 
 @dataclass(frozen=True)
@@ -143,6 +159,10 @@ class Train:
     max_batches: int | None = None  # stop each epoch after this many batches (smoke-test a real recipe quickly)
     log_every: float = 30.0  # seconds between progress lines when stdout is not a terminal (0: every batch)
     sync_bn: bool = False  # DDP: SyncBatchNorm, BN statistics over all processes' batches (CUDA only)
+    # EMA of the weights (ltadv/ema.py), evaluated and selected beside the raw weights; 0 is off.
+    ema_decay: float = 0.0
+    ema_warmup: int = 0  # optimizer steps before averaging starts (the average copies the weights until then)
+    ema_bn: str = "ema"  # ema: BN running statistics averaged with the weights | copy: the raw model's (RobustLT)
 
 
 @dataclass(frozen=True)
@@ -535,6 +555,9 @@ def validate(cfg: Config) -> None:
     _check_outer_losses(cfg)
     _check_eval_protocol(cfg)
     _check_streaming(cfg)
+    _check_awp_ema(cfg)
+    _check_taet(cfg)
+    _check_robustlt(cfg)
 
 
 def _check_streaming(cfg: Config) -> None:
@@ -594,3 +617,46 @@ def _check_eval_protocol(cfg: Config) -> None:
     for name in ("fgsm_init", "pgd_init", "mim_init"):
         if getattr(e, name) not in starts:
             raise ConfigError(f"eval.{name} must be {', '.join(starts[:-1])} or {starts[-1]}, got {getattr(e, name)!r}")
+
+
+# REAT's loss counts the batch's predictions (its epoch state): a proxy call would count every batch twice.
+AWP_EXCLUDED = ("reat",)
+
+
+def _check_awp_ema(cfg: Config) -> None:
+    """Range checks of AWP (``method.awp*``) and the weight average (``train.ema_*``); finiteness is
+    :func:`_check_finite`'s."""
+    m, t = cfg.method, cfg.train
+    _require([
+        (m.awp_gamma > 0, f"method.awp_gamma must be > 0, got {m.awp_gamma}"),
+        (m.awp_warmup >= 0, f"method.awp_warmup must be >= 0, got {m.awp_warmup}"),
+        (not m.awp or m.name not in AWP_EXCLUDED,
+         f"method.awp does not compose with {m.name!r}: its loss keeps state, which the proxy step would "
+         f"update twice per batch"),
+        (0 <= t.ema_decay < 1, f"train.ema_decay must be in [0, 1) (0: off), got {t.ema_decay}"),
+        (t.ema_warmup >= 0, f"train.ema_warmup must be >= 0, got {t.ema_warmup}"),
+        (t.ema_bn in ("ema", "copy"), f"train.ema_bn must be ema or copy, got {t.ema_bn!r}"),
+    ])
+
+
+def _check_taet(cfg: Config) -> None:
+    """Range checks of TAET's schedule and HARL weights (``method.taet_*``)."""
+    m = cfg.method
+    _require([(m.taet_ce_epochs >= 0, f"method.taet_ce_epochs must be >= 0, got {m.taet_ce_epochs}")]
+             + [(getattr(m, k) >= 0, f"method.{k} must be >= 0, got {getattr(m, k)}")
+                for k in ("taet_alpha", "taet_beta", "taet_gamma")])
+
+
+# Methods whose attack is not the base PGD on CE (TRADES: KL; REAT: re-weighted CE): the wrapper is not wired there.
+ROBUSTLT_EXCLUDED = ("trades", "reat")
+
+
+def _check_robustlt(cfg: Config) -> None:
+    """Range checks of RobustLT's class-wise wrapper (``method.robustlt*``)."""
+    m = cfg.method
+    _require([
+        (0 <= m.robustlt_alpha <= 1, f"method.robustlt_alpha must be in [0, 1], got {m.robustlt_alpha}"),
+        (m.robustlt_beta >= 0, f"method.robustlt_beta must be >= 0, got {m.robustlt_beta}"),
+        (not m.robustlt or m.name not in ROBUSTLT_EXCLUDED,
+         f"method.robustlt wraps the base PGD-CE attack; {m.name!r} attacks with its own loss"),
+    ])

@@ -38,7 +38,9 @@ def export_weights(run_dir: str | Path, which: str = "best", out: str | Path | N
         raise ExportError(f"{out} exists and is not an ltadv export; --force replaces only files ltadv wrote")
     model, record = load_run_model(run_dir, which)  # checks the weights fit the run's model
     epochs = record.get("epochs") or []
-    epoch = record.get("best_epoch") if which == "best" else (epochs[-1]["epoch"] if epochs else None)
+    epoch = epochs[-1]["epoch"] if epochs else None
+    if which in ("best", "ema_best"):  # the raw weights' selection, or the average's own (record["ema"])
+        epoch = record.get("best_epoch") if which == "best" else (record.get("ema") or {}).get("best_epoch")
     metadata = {
         "format": FORMAT,
         "which": which,

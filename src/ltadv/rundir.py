@@ -32,7 +32,7 @@ LOCK = ".ltadv.lock"
 # What ltadv writes into a run folder; ``--force`` deletes exactly these (and its own temp files).
 SUBSET_FILE = "subset.npz"  # the long-tailed subset's image indices (train_indices, val_indices)
 OWNED_FILES = (RESULT, SUBSET_FILE)
-OWNED_CKPTS = ("best.safetensors", "last.safetensors", "last.pt")
+OWNED_CKPTS = ("best.safetensors", "last.safetensors", "last.pt", "ema_best.safetensors", "ema_last.safetensors")
 PLAIN_NAME = re.compile(r"^[^/\\\x00-\x1f.~-][^/\\\x00-\x1f]*$")  # no separator, no leading . ~ -
 
 

@@ -16,6 +16,8 @@ import torch
 
 from . import checkpoint as ckpt
 from . import distributed, reproducibility
+from . import ema as weight_ema
+from .awp import build as build_awp
 from .build import (
     autocast_for,
     check_names,
@@ -62,6 +64,8 @@ class TrainingRun:
     groups: dict
     record: dict
     log: Any
+    awp: Any = None  # AWP's proxy copy (ltadv.awp); None unless method.awp
+    ema: Any = None  # the weight average (ltadv.ema); None unless train.ema_decay > 0
     start_epoch: int = 0
     best_score: float = -1.0
     forward_calls: list = field(default_factory=lambda: [0])
@@ -130,6 +134,7 @@ def start_run(cfg: Config, out: Path, resume: bool, force: bool, log, guard: Run
     opt = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                           weight_decay=cfg.optim.weight_decay, nesterov=cfg.optim.nesterov)
     autocast, scaler = autocast_for(cfg, device)
+    awp, ema = build_awp(cfg, model), weight_ema.build(cfg, model)
     fwd = torch.compile(model) if cfg.train.compile else model
     # Attacks run on a BN-folded channels_last eval view (same function, ~1.5x faster; ltadv.fast).
     attack_model = eval_view(model, fold_bn=cfg.train.fold_bn, channels_last=view_channels_last)
@@ -144,7 +149,7 @@ def start_run(cfg: Config, out: Path, resume: bool, force: bool, log, guard: Run
                       dctx.wrap(model, fwd, device, cfg.train.compile),  # DDP for the loss; attacks use the bare model
                       augment, channels_last, x_sel, y_sel,
                       class_groups(data.class_counts, cfg.eval.head_frac, cfg.eval.tail_frac),
-                      new_record(cfg, data, meta, device, dctx.world_size, len(y_sel)), log)
+                      new_record(cfg, data, meta, device, dctx.world_size, len(y_sel)), log, awp, ema)
     if state is not None:
         restore(run, state)
     else:
@@ -213,6 +218,9 @@ def restore(run: TrainingRun, state: dict) -> None:
     reproducibility.restore_rng(run.dctx.pick_rng(state["rng"], run.log))
     run.start_epoch, run.best_score = int(state["epoch"]), float(state["best_score"])
     run.method.load_state_dict(state.get("method_state") or {})
+    if run.ema is not None:
+        run.ema.load_state_dict(state["ema"], str(run.out / CKPT_DIR / "last.pt"))
+        run.record["ema"] = run.ema.record()
     run.record["epochs"], run.record["best_epoch"] = list(state["epochs"]), state["best_epoch"]
     run.log(f"resuming {run.out} after epoch {run.start_epoch}")
 
@@ -223,7 +231,7 @@ def count_forwards(run: TrainingRun) -> None:
     if run.cfg.train.compile:
         return
     calls = run.forward_calls
-    for counted in {run.model, run.attack_model}:  # the attack's eval view is a module of its own
+    for counted in {run.model, run.attack_model, *([run.awp.proxy] if run.awp else [])}:  # view, AWP proxy: modules too
         counted.register_forward_pre_hook(lambda _m, _a: calls.__setitem__(0, calls[0] + 1))
 
 
@@ -297,6 +305,9 @@ def save_epoch(run: TrainingRun, epoch: int, row: dict) -> None:
         record["best_epoch"] = epoch + 1
         ckpt.save_weights(out / CKPT_DIR / "best.safetensors", run.model)
     ckpt.save_weights(out / CKPT_DIR / "last.safetensors", run.model)
+    if run.ema is not None:  # the average's own scores, best and last weights (ltadv.ema)
+        record["ema"] = run.ema.end_epoch(run.model, epoch + 1, ema_scorer(run, epoch + 1),
+                                          lambda s, b: is_better(cfg, s, b), out / CKPT_DIR)
     ckpt.save_state(out / CKPT_DIR / "last.pt", {
         "model": run.model.state_dict(),
         "optimizer": run.opt.state_dict(),
@@ -309,8 +320,20 @@ def save_epoch(run: TrainingRun, epoch: int, row: dict) -> None:
         "config": cfg.to_dict(),
         "class_counts": run.data.class_counts,
         "method_state": run.method.state_dict(),
+        **({"ema": run.ema.state_dict()} if run.ema is not None else {}),
     })
     write_json_atomic(out / RESULT, record)
+
+
+def ema_scorer(run: TrainingRun, epoch1: int):
+    """The weight average's selection-split scores after ``epoch1`` (None when that epoch is not evaluated)."""
+    cfg = run.cfg
+    if not selects_at(cfg, epoch1):
+        return None
+    eps = cfg.attack.eps if cfg.eval.eps is None else cfg.eval.eps
+    head = run.record["model_meta"]["head"]
+    return lambda m: weight_ema.val_scores(inference_model(m, cfg, run.data.class_counts, head), run.x_sel,
+                                           run.y_sel, eps, run.data.num_classes, run.groups, cfg)
 
 
 def epoch_line(cfg: Config, row: dict) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from . import ema as weight_ema
 from .build import load_run_model
 from .config import Config
 from .data.sampler import epoch_order
@@ -86,7 +87,9 @@ def _train(cfg: Config, out: Path, resume: bool, force: bool, log, guard: RunGua
             if run.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             out_m = train_step(model, run.loss_fwd, run.attack_model, method, run.opt, x, target,
-                               run.autocast, run.scaler)
+                               run.autocast, run.scaler, run.awp)
+            if run.ema is not None:
+                run.ema.update(model)
             stats["loss"] += finite_loss(out_m["loss"], cfg, epoch, i) * len(y)  # NaN/inf: stop, save nothing
             hard = target if target.dim() == 1 else target.argmax(1)
             stats["correct"] += int((out_m["logits"].detach().argmax(1) == hard).sum())
@@ -109,17 +112,19 @@ def _train(cfg: Config, out: Path, resume: bool, force: bool, log, guard: RunGua
     write_json_atomic(out / RESULT, run.record)
     # every rank attacks its shard of the test split; rank 0 writes the record (ltadv.shard)
     dctx.barrier()  # rank 0's last checkpoint is on disk before the others load it
-    return evaluate_run(out, cfg.eval.attacks, checkpoints=cfg.eval.checkpoints, data=data, log=run.log,
+    return evaluate_run(out, cfg.eval.attacks, checkpoints=weight_ema.checkpoints(cfg, cfg.eval.checkpoints),
+                        data=data, log=run.log,
                         device=device, shard=Shard(dctx.rank, dctx.world_size))
 
 
-def train_step(model, loss_fwd, attack_model, method, opt, x, target, autocast, scaler) -> dict:
+def train_step(model, loss_fwd, attack_model, method, opt, x, target, autocast, scaler, awp=None) -> dict:
     """One adversarial training step: attack in eval mode, then an SGD step on the method's loss.
 
     ``model`` is the bare module (its mode is toggled here), ``loss_fwd`` what the loss calls (the
     model, compiled and/or DDP-wrapped), ``attack_model`` what the attack calls: the model itself or
     its :class:`~ltadv.fast.EvalView` (BN folded, channels_last), refreshed here from the live weights
-    so the attack sees the current model.
+    so the attack sees the current model. ``awp`` (ltadv/awp.py) perturbs the weights for the step and
+    restores them after it.
     """
     view = getattr(attack_model, "_orig_mod", attack_model)
     if isinstance(view, EvalView):
@@ -128,6 +133,7 @@ def train_step(model, loss_fwd, attack_model, method, opt, x, target, autocast, 
     with autocast():
         x_adv = method.perturb(attack_model, x, target)
     model.train()
+    diff = awp.perturb(model, method, x, x_adv, target, autocast) if awp is not None else None
     with autocast():
         out = method.loss(loss_fwd, x, x_adv, target)
     opt.zero_grad(set_to_none=True)
@@ -138,4 +144,6 @@ def train_step(model, loss_fwd, attack_model, method, opt, x, target, autocast, 
     else:
         out["loss"].backward()
         opt.step()
+    if diff is not None:
+        awp.restore(model, diff)
     return out

@@ -46,6 +46,10 @@ class Method:
 
     def perturb(self, model, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         a = self.cfg.attack
+        if self.cfg.method.robustlt:  # RobustLT's class-wise budgets (methods/robustlt.py)
+            from .robustlt import robustlt_perturb
+
+            return robustlt_perturb(self, model, x, target)
         return pgd(model, x, target, eps=a.eps, alpha=self.alpha, steps=a.steps, random_start=a.init,
                    clamp_start=a.clamp_start)
 
@@ -78,3 +82,4 @@ class Method:
 # Registration happens on import of each method file.
 from . import at, robal, trades  # noqa: E402,F401, I001
 from . import baselines, reat  # noqa: E402,F401, I001
+from . import taet  # noqa: E402,F401, I001
