@@ -229,6 +229,7 @@ def test_trades_attack_increases_the_kl():
 # attack) + the loss's passes; RoBal must run two in its loss (RoBal's code runs three).
 FORWARDS = {"at": 2 + 1, "at_bsl": 2 + 1, "trades": 1 + 2 + 2, "mart": 2 + 2, "robal": 2 + 2}
 FORWARDS.update({name: 2 + 1 for name in (*BASELINES, "reat")})  # AT-shaped: the long-tail baselines and REAT
+FORWARDS.update({"at_cfa": 2 + 1, "trades_cfa": 1 + 2 + 2})  # CFA on AT and on TRADES
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))

@@ -32,6 +32,10 @@ CATALOG: dict[str, dict[str, tuple[str, str]]] = {
                         "Cao et al., NeurIPS 2019, arXiv 1906.07413"),
         "at_la": ("AT with the logit-adjusted loss CE(z + tau log prior), tau 1", "Menon et al., ICLR 2021, arXiv 2007.07314"),
         "at_cdt": ("AT with class-dependent temperatures z_c / (n_max / n_c)^0.3", "Ye et al., arXiv 2001.01385"),
+        "at_cfa": ("AT + CFA: per-class eps (lambda_1 + train robust acc_k) * eps from the previous epoch",
+                   "Wei et al., CVPR 2023, arXiv 2303.14460"),
+        "trades_cfa": ("TRADES + CFA: per-class eps and per-class TRADES weight from train robust acc",
+                       "Wei et al., CVPR 2023, arXiv 2303.14460"),
     },
     "model": {
         "resnet18": ("ResNet-18 for 32x32 inputs", "He et al., CVPR 2016, arXiv 1512.03385"),
