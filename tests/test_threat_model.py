@@ -360,3 +360,37 @@ def test_selection_and_final_attacks_use_the_run_norm(monkeypatch, tmp_path, ove
                                  "eval.val_n": 20, "eval.n": 20, "eval.checkpoints": ["last"], **over})
     train(cfg, tmp_path / "run", log=lambda *a, **k: None)
     assert seen == [(want, 0.7), (want, 0.7)]  # the selection pass, then the last checkpoint
+
+
+def test_a_run_saved_before_the_threat_model_fields_still_resumes(tmp_path):
+    from ltadv import checkpoint as ckpt
+    from ltadv.train import train
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_one(msg):
+        if msg.startswith("epoch   1/"):
+            raise Stop
+
+    cfg = load_config(overrides={"data.name": "digits-lt", "method.name": "at", "train.epochs": 2,
+                                 "train.progress": False, "attack.steps": 1, "eval.val_n": 20, "eval.n": 20})
+    out = tmp_path / "old"
+    with pytest.raises(Stop):
+        train(cfg, out, log=stop_after_one)
+
+    def strip(c):  # the config as ltadv wrote it before attack.norm, attack.class_eps, eval.norm and CFA's fields
+        for group, keys in (("attack", ("norm", "class_eps")), ("eval", ("norm",)),
+                            ("method", [k for k in c["method"] if k.startswith("cfa_")])):
+            for k in keys:
+                del c[group][k]
+        return c
+
+    state = ckpt.load_state(out / "checkpoints" / "last.pt")
+    state["config"] = strip(state["config"])
+    ckpt.save_state(out / "checkpoints" / "last.pt", state)
+    rec = json.loads((out / "result.json").read_text())
+    rec["config"] = strip(rec["config"])
+    (out / "result.json").write_text(json.dumps(rec))
+    assert main(["train", "--resume", str(out), "--quiet"]) == 0
+    assert len(json.loads((out / "result.json").read_text())["epochs"]) == 2

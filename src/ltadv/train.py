@@ -214,7 +214,7 @@ def saved_run_state(out: Path, cfg: Config) -> tuple[dict | None, Config]:
     else:
         return None, cfg
     try:
-        from_dict(saved)
+        saved = from_dict(saved).to_dict()  # a field added since the run was saved takes its default
     except ConfigError as e:
         raise ckpt.CheckpointError(f"the configuration saved in {out} is not valid here: {e}") from None
     reproducibility.check_resume_config(saved, cfg.to_dict(), str(out))
@@ -469,7 +469,8 @@ def start_banner(cfg: Config, data: LTData, out: Path, device, world: int, batch
         f"ltadv {'resuming' if start_epoch else 'training'} {out}",
         f"  data    {cfg.data.name}: {len(c)} classes, {sum(c)} training images (largest class {c[0]}, smallest "
         f"{min(c)}, IR {max(c) / max(min(c), 1):.4g}), {len(data.y_test)} test images",
-        f"  run     {cfg.method.name} on {cfg.model.name}, eps {cfg.attack.eps:.4g}, PGD-{cfg.attack.steps} training "
+        f"  run     {cfg.method.name} on {cfg.model.name}, eps {cfg.attack.eps:.4g}"
+        f"{' (L2)' if cfg.attack.norm == 'l2' else ''}, PGD-{cfg.attack.steps} training "
         f"attack, {cfg.train.epochs} epochs x {batches} batches of {cfg.optim.batch_size}, lr {cfg.optim.lr:g}"
         f"{', aug ' + '+'.join(cfg.data.aug) if cfg.data.aug else ''}",
         f"  select  {sel}; device {device}" + (f" x {world} processes" if world > 1 else ""),
