@@ -394,3 +394,12 @@ def test_a_run_saved_before_the_threat_model_fields_still_resumes(tmp_path):
     (out / "result.json").write_text(json.dumps(rec))
     assert main(["train", "--resume", str(out), "--quiet"]) == 0
     assert len(json.loads((out / "result.json").read_text())["epochs"]) == 2
+
+
+def test_an_l2_evaluation_refuses_linf_only_starts_up_front():
+    from ltadv.threat import eval_settings
+
+    cfg = load_config(overrides={"data.name": "digits-lt", "eval.mim_init": "uniform_plus"})
+    assert eval_settings(cfg).norm == "linf" and eval_settings(cfg).mim_init == "uniform_plus"
+    with pytest.raises(ConfigError, match="eval.mim_init uniform_plus"):
+        eval_settings(cfg, "l2")

@@ -24,7 +24,12 @@ def eval_settings(cfg: Config, norm: str | None = None):
     """The run's ``cfg.eval`` with the norm resolved (``norm``, else :func:`eval_norm`): what
     :func:`ltadv.evaluate.robust_flags` takes as ``settings`` (its attack fields become an
     :class:`~ltadv.attacks.AttackSettings`, ``attack_misclassified`` stays with it)."""
-    return dataclasses.replace(cfg.eval, norm=norm or eval_norm(cfg))
+    norm = norm or eval_norm(cfg)
+    starts = [k for k in ("fgsm_init", "pgd_init", "mim_init") if getattr(cfg.eval, k) == "uniform_plus"]
+    if norm == "l2" and starts:
+        raise ConfigError(f"eval.{starts[0]} uniform_plus (x + U[0, eps)) is L-inf only: an l2 evaluation needs "
+                          f"uniform, normal or zero starts")
+    return dataclasses.replace(cfg.eval, norm=norm)
 
 
 def check_class_eps(cfg: Config, num_classes: int) -> None:
