@@ -403,3 +403,30 @@ def test_an_l2_evaluation_refuses_linf_only_starts_up_front():
     assert eval_settings(cfg).norm == "linf" and eval_settings(cfg).mim_init == "uniform_plus"
     with pytest.raises(ConfigError, match="eval.mim_init uniform_plus"):
         eval_settings(cfg, "l2")
+
+
+def test_the_docs_page_commands_resolve(capsys):
+    import re
+    import shlex
+    from pathlib import Path
+
+    import yaml
+
+    from ltadv.cli import build_parser
+
+    page = (Path(__file__).parents[1] / "docs" / "threat-models.md").read_text()
+    lines = [ln.split("#")[0].strip() for block in re.findall(r"```bash\n(.*?)```", page, re.S)
+             for ln in block.splitlines()]
+    runs = [shlex.split(ln)[1:] for ln in lines if ln.startswith(("ltadv run", "ltadv train"))]
+    assert page.startswith("# ") and page.split("```bash\n")[1].startswith("ltadv run")  # starts with the command
+    assert len(runs) >= 5
+    for argv in runs:
+        capsys.readouterr()
+        assert main(["config", *argv[1:]]) == 0, argv
+        cfg = yaml.safe_load(capsys.readouterr().out)
+        if "--attack.norm" in argv:
+            assert cfg["attack"]["norm"] == argv[argv.index("--attack.norm") + 1]
+        if "--attack.class_eps" in argv:
+            assert len(cfg["attack"]["class_eps"]) == 10
+    evals = [shlex.split(ln)[1:] for ln in lines if ln.startswith("ltadv eval")]
+    assert evals and all(build_parser().parse_args(a).func.__name__ == "cmd_eval" for a in evals)
