@@ -76,6 +76,22 @@ def test_l2_ascent_direction_is_unit_gradient_per_sample():
     assert torch.equal(ascent_direction(g, "linf").flatten(), torch.tensor([1.0, 1.0, 0.0, -1.0]))
 
 
+def test_one_l2_pgd_step_moves_along_the_unit_gradient():
+    class Linear(nn.Module):  # logits [w . x, 0], w = (3, 4): CE of class 0 grows along -w
+        def forward(self, x):
+            z = x.flatten(1) @ torch.tensor([3.0, 4.0])
+            return torch.stack([z, torch.zeros_like(z)], 1)
+
+    x = torch.full((2, 1, 1, 2), 0.5)
+    y = torch.tensor([0, 1])
+    x_adv = pgd(Linear(), x, y, eps=1.0, alpha=0.1, steps=1, random_start=False, norm="l2")
+    # class 0: 0.5 - 0.1 * (3, 4) / 5 = (0.44, 0.42); class 1 is pushed the other way: (0.56, 0.58)
+    assert torch.allclose(x_adv.flatten(1), torch.tensor([[0.44, 0.42], [0.56, 0.58]]), atol=1e-6)
+    # a second step of 0.3 would leave the L2 ball of 0.15: rescaled onto it, (0.5, 0.5) - 0.15 * (0.6, 0.8)
+    x_adv = pgd(Linear(), x, y, eps=0.15, alpha=0.3, steps=1, random_start=False, norm="l2")
+    assert torch.allclose(x_adv[0].flatten(), torch.tensor([0.41, 0.38]), atol=1e-6)
+
+
 def test_l2_random_start_lies_inside_the_ball_at_varied_radii():
     x = torch.rand(64, 1, 8, 8)
     start = random_init(x, 0.5, "uniform", clamp=False, norm="l2")
