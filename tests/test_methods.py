@@ -231,6 +231,7 @@ def test_trades_attack_increases_the_kl():
 FORWARDS = {"at": 2 + 1, "at_bsl": 2 + 1, "trades": 1 + 2 + 2, "mart": 2 + 2, "robal": 2 + 2}
 FORWARDS.update({name: 2 + 1 for name in (*BASELINES, "reat")})  # AT-shaped: the long-tail baselines and REAT
 FORWARDS["taet"] = 2  # its first 40 epochs: no attack, the clean batch twice (TAET.ipynb's unused forward)
+FORWARDS.update({"at_cfa": 2 + 1, "trades_cfa": 1 + 2 + 2})  # CFA on AT and on TRADES
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))

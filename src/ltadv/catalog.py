@@ -34,6 +34,10 @@ CATALOG: dict[str, dict[str, tuple[str, str]]] = {
         "at_cdt": ("AT with class-dependent temperatures z_c / (n_max / n_c)^0.3", "Ye et al., arXiv 2001.01385"),
         "taet": ("TAET: clean CE for 40 epochs, then HARL (class-mean CE + deviation + rare-class terms) on PGD examples",
                  "Wang Yu-Hang et al., CVPR 2025, arXiv 2503.01924"),
+        "at_cfa": ("AT + CFA: per-class eps (lambda_1 + train robust acc_k) * eps from the previous epoch",
+                   "Wei et al., CVPR 2023, arXiv 2303.14460"),
+        "trades_cfa": ("TRADES + CFA: per-class eps and per-class TRADES weight from train robust acc",
+                       "Wei et al., CVPR 2023, arXiv 2303.14460"),
     },
     "model": {
         "resnet18": ("ResNet-18 for 32x32 inputs", "He et al., CVPR 2016, arXiv 1512.03385"),

@@ -61,7 +61,8 @@ def _add_run_flags(p: argparse.ArgumentParser, multi_method: bool = False) -> No
     g.add_argument("--aug", metavar="LIST", help=f"augmentations in order, comma-separated: "
                    f"{', '.join(sorted(reg['aug'])) or '(none registered)'}")
     g.add_argument("--epochs", metavar="N", type=int)
-    g.add_argument("--eps", metavar="X", help="L-inf radius in pixel units, e.g. 8/255 or 0.031")
+    g.add_argument("--eps", metavar="X", help="attack radius in pixel units, e.g. 8/255 or 0.031 (L-inf; an L2 "
+                                          "radius such as 0.5 with --attack.norm l2)")
     g.add_argument("--seed", metavar="N", type=int)
     g.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda, cuda:N")
     g.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<time>-<data>-<method>)")
@@ -233,8 +234,11 @@ def cmd_eval(args, extra) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
     progress = True if args.progress else (False if args.quiet else None)
+    if args.norm is not None and args.norm not in ("linf", "l2"):
+        raise CLIError(f"--norm must be linf or l2, got {args.norm!r}")
     record = evaluate_run(args.run_dir, attacks, checkpoints=which, n=args.n, device=args.device,
-                          sweep_eps=args.eps_sweep, eps=eps, batch_size=args.batch_size, progress=progress)
+                          sweep_eps=args.eps_sweep, eps=eps, batch_size=args.batch_size, progress=progress,
+                          norm=args.norm)
     name = record["config"]["method"]["name"]
     from .report import format_attack_table
 
@@ -242,6 +246,7 @@ def cmd_eval(args, extra) -> int:
         entry = record["evaluations"][key]
         print(f"-- {w} checkpoint" + (f" (epoch {record.get('best_epoch')})" if w == "best" else "")
               + f", {entry['n']} test images, eps {entry['eps']:.4g}"
+              + (f" ({entry['norm']})" if entry.get("norm", "linf") != "linf" else "")
               + ("" if entry["headline"] else " (its own entry in the record; the run's headline numbers are kept)"))
         print(format_table({name: {**record, "metrics": entry["metrics"]}}))
         print(format_attack_table(entry["metrics"], (record.get("eval_seconds") or {}).get(w)
@@ -417,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "never replaced); under torchrun write --first N (torchrun takes --n for its own --nnodes)")
     e.add_argument("--eps", metavar="X", default=None, help="attack radius (default: the run's); another eps is "
                                                            "kept as its own entry")
+    e.add_argument("--norm", default=None, metavar="linf|l2",
+                   help="threat model of the attacks (default: the run's eval.norm or attack.norm); --eps is then "
+                        "a radius in that norm; another norm is kept as its own entry")
     e.add_argument("--batch-size", type=int, default=None, help="evaluation batch size (default: the run's)")
     e.add_argument("--progress", action="store_true", help="progress bars / lines even if the run was --quiet")
     e.add_argument("--quiet", action="store_true", help="no progress output")

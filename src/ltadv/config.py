@@ -111,6 +111,16 @@ class Method:
     robustlt: bool = False
     robustlt_alpha: float = 0.3
     robustlt_beta: float = 0.8
+    # CFA (Wei et al., CVPR 2023; methods/cfa.py, PKU-ML/CFA train.py): class-wise calibrated eps (CCM) and
+    # TRADES weight (CCR) from each class's training robust accuracy of the previous epoch
+    cfa_ccm: bool = True  # CCM: eps_k = (cfa_lambda1 + A_k) * eps
+    cfa_ccr: bool = True  # CCR (trades_cfa): beta_k = (l2 + A_k) beta / (1 + (l2 + A_k) beta), l2 = cfa_lambda2
+    cfa_lambda1: float = 0.5  # their --lambda-1 default
+    cfa_lambda2: float = 0.5  # their --lambda-2 default
+    cfa_begin: int = 10  # 0-based epoch from which the calibration applies (their --begin)
+    # class: A_k = correct_k / n_k (the paper); total: C * correct_k / N, as their CW_log.result() computes it
+    # (the same on balanced data; on long-tailed data it scales A_k by n_k / (N / C))
+    cfa_acc: str = "class"
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,8 @@ class Attack:
     # clip the random start to the eps-ball and [0, 1] before the first gradient; the AT-BSL, RoBal, TRADES,
     # MART and REAT training attacks take their first gradient at the unclipped start (clipping after each step)
     clamp_start: bool = True
+    norm: str = "linf"  # the threat model of training and (unless eval.norm) evaluation: linf | l2 (ltadv.threat)
+    class_eps: tuple[float, ...] = ()  # per-class training eps, one per class (empty: attack.eps for every class)
 
 
 @dataclass(frozen=True)
@@ -190,6 +202,7 @@ class Eval:
     clamp_start: bool = True  # project the start onto the ball and [0, 1] before the first gradient (authors: no)
     attack_misclassified: bool = False  # attack every point; robust = correct under attack (authors' scripts)
     max_batches: int | None = None  # evaluate only the first max_batches * batch_size images (smoke tests)
+    norm: str | None = None  # linf | l2 for the test attacks; None: attack.norm
 
 
 @dataclass(frozen=True)
@@ -558,6 +571,7 @@ def validate(cfg: Config) -> None:
     _check_awp_ema(cfg)
     _check_taet(cfg)
     _check_robustlt(cfg)
+    _check_threat_model(cfg)
 
 
 def _check_streaming(cfg: Config) -> None:
@@ -571,6 +585,32 @@ def _check_streaming(cfg: Config) -> None:
         (d.workers is None or d.workers >= 0,
          f"data.workers must be >= 0 (0: decode in the main process), got {d.workers}"),
     ])
+
+
+def _check_threat_model(cfg: Config) -> None:
+    """The norm, the per-class budgets and CFA's calibration (ltadv.threat, methods/cfa.py)."""
+    a, m = cfg.attack, cfg.method
+    norms = ("linf", "l2")
+    eval_norm = cfg.eval.norm or a.norm
+    checks = [
+        (a.norm in norms, f"attack.norm must be linf or l2, got {a.norm!r}"),
+        (cfg.eval.norm is None or cfg.eval.norm in norms, f"eval.norm must be linf or l2, got {cfg.eval.norm!r}"),
+        (all(math.isfinite(e) and e >= 0 for e in a.class_eps),
+         f"attack.class_eps must be finite numbers >= 0, got {list(a.class_eps)}"),
+        (a.norm != "l2" or a.init != "uniform_plus",
+         "attack.init uniform_plus (x + U[0, eps)) is L-inf only: use uniform, normal or zero with attack.norm l2"),
+        (eval_norm != "l2" or "uniform_plus" not in (cfg.eval.fgsm_init, cfg.eval.pgd_init, cfg.eval.mim_init),
+         "eval starts uniform_plus are L-inf only: use uniform, normal or zero with an l2 evaluation"),
+        (m.cfa_lambda1 >= 0 and m.cfa_lambda2 >= 0,
+         f"method.cfa_lambda1 and method.cfa_lambda2 must be >= 0, got {m.cfa_lambda1}, {m.cfa_lambda2}"),
+        (m.cfa_begin >= 0, f"method.cfa_begin must be >= 0 (a 0-based epoch), got {m.cfa_begin}"),
+        (m.cfa_acc in ("class", "total"), f"method.cfa_acc must be class or total, got {m.cfa_acc!r}"),
+        (m.name != "trades_cfa" or (m.outer_loss == "auto" and m.reweight == "none"),
+         "trades_cfa trains with CFA's own weighted CE + KL: leave method.outer_loss auto and method.reweight none"),
+        (not m.robustlt or (a.norm == "linf" and not a.class_eps),
+         "method.robustlt sets its own L-inf per-class budgets: use it with attack.norm linf and no attack.class_eps"),
+    ]
+    _require(checks)
 
 
 def _check_protocol_fields(cfg: Config) -> None:

@@ -110,8 +110,9 @@ def robust_flags(
     """{attack: bool flags (N,)}; "clean" is always computed first (correctness).
 
     ``settings`` is the run's ``cfg.eval`` (any object with those attribute names; ``None``: the
-    defaults of SPEC section 5): ``alpha``, ``fgsm_init``, ``pgd_init``, ``mim_init`` and
-    ``clamp_start`` go to the attacks that take them (:class:`ltadv.attacks.AttackSettings`);
+    defaults of SPEC section 5): ``alpha``, ``fgsm_init``, ``pgd_init``, ``mim_init``,
+    ``clamp_start`` and ``norm`` (the threat model, linf or l2) go to the attacks that take them
+    (:class:`ltadv.attacks.AttackSettings`; an attack without ``settings`` is L-inf only and is refused under L2);
     ``attack_misclassified`` attacks every point and flags a point robust when the attack leaves it
     classified correctly, clean-misclassified or not (the AT-BSL and RoBal scripts). Cascades
     (``aa``, ``aa_apgd``) attack only clean-correct points either way, as the official AutoAttack
@@ -152,7 +153,7 @@ def robust_flags(
                 sharded = {"shard": shard} if "shard" in inspect.signature(attack.flags_fn).parameters else {}
                 res = attack.flags_fn(model, x, y, eps, correct, batch_size=batch_size, progress=progress,
                                       state_path=Path(state_dir) / shard.state_name(name) if state_dir else None,
-                                      **sharded)
+                                      **sharded, **({"norm": opts.norm} if opts.norm != "linf" else {}))
                 flags[name] = res["flags"]
                 if details is not None:
                     details[name] = {"seconds": res["seconds"], "stages": res["stages"]}
@@ -160,6 +161,8 @@ def robust_flags(
             robust = torch.zeros_like(correct) if attack_all else correct.clone()
             idx_all = torch.arange(len(correct)) if attack_all else torch.nonzero(correct).flatten()
             kwargs = {"settings": opts} if "settings" in inspect.signature(attack).parameters else {}
+            if opts.norm != "linf" and not kwargs:
+                raise ValueError(f"attack {name} has no {opts.norm} version")
             batches = list(_batches(len(idx_all), batch_size))
             mine = shard.mine(len(batches))
             owned = torch.zeros_like(correct)
@@ -271,11 +274,13 @@ def sanity_warnings(flags: dict[str, torch.Tensor], metrics: dict[str, dict] | N
 
 
 def eps_sweep(model, x, y, eps: float, factors: Sequence[float] = (1, 2, 4, 8), attack: str = "pgd20",
-              batch_size: int = 512, shard: Shard | None = None) -> dict:
+              batch_size: int = 512, shard: Shard | None = None, settings=None) -> dict:
     """Robust accuracy at eps x each factor, with warnings: it must not rise with eps and must reach
-    about 0 at the largest eps (otherwise the attack is not working, e.g. masked gradients)."""
+    about 0 at the largest eps (otherwise the attack is not working, e.g. masked gradients).
+    ``settings`` as in :func:`robust_flags` (its ``norm`` makes it an L2 sweep)."""
     eps_list = [eps * f for f in factors]
-    robust = [float(robust_flags(model, x, y, [attack], e, batch_size, shard=shard)[attack].float().mean())
+    robust = [float(robust_flags(model, x, y, [attack], e, batch_size, shard=shard, settings=settings)[attack]
+                    .float().mean())
               for e in eps_list]
     warnings = []
     for i in range(1, len(robust)):
@@ -285,7 +290,9 @@ def eps_sweep(model, x, y, eps: float, factors: Sequence[float] = (1, 2, 4, 8), 
     if robust and robust[-1] > 0.05:
         warnings.append(f"{attack} accuracy is still {robust[-1]:.3f} at eps {eps_list[-1]:.4g}: it should fall to "
                         f"~0 (gradient masking or a broken attack)")
-    return {"attack": attack, "eps": eps_list, "robust": robust, "warnings": warnings}
+    norm = AttackSettings.of(settings).norm
+    return {"attack": attack, "eps": eps_list, "robust": robust, "warnings": warnings,
+            **({"norm": norm} if norm != "linf" else {})}
 
 
 def merge_saved_flags(path: str | Path, key: str, flags: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

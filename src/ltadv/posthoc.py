@@ -34,6 +34,7 @@ from .models.heads import LinearHead
 from .results import RECORD_KEYS, RESULT, environment, read_record, write_json_atomic
 from .run_eval import evaluate_run
 from .rundir import CKPT_DIR, RunGuard
+from .threat import class_eps
 
 
 class PosthocError(ValueError):
@@ -91,7 +92,8 @@ def learn_weight_scales(model, data, cfg, epochs: int = 10, lr: float = 0.1, dev
         for i in range(0, len(order), bs):
             idx = order[i:i + bs].to(device)
             x, y = to_float(x_train[idx], device), y_train[idx]
-            x_adv = pgd(scaled, x, y, eps=a.eps, alpha=alpha, steps=a.steps, random_start=a.init)
+            eps = class_eps(cfg, data.num_classes, device)[y] if a.class_eps else a.eps  # the run's threat model
+            x_adv = pgd(scaled, x, y, eps=eps, alpha=alpha, steps=a.steps, random_start=a.init, norm=a.norm)
             loss = nn.functional.cross_entropy(scaled(x_adv), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()

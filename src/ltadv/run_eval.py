@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from . import distributed
+from . import distributed, threat
 from .build import check_attacks, load_run_model, pick_device
 from .config import Config, from_dict
 from .data import LTData, build_data
@@ -32,6 +32,7 @@ def evaluate_run(
     batch_size: int | None = None,
     progress: bool | None = None,
     shard: Shard | None = None,
+    norm: str | None = None,
 ) -> dict:
     """Evaluate a run's best and/or last weights on the balanced test split; merge into result.json.
 
@@ -43,7 +44,9 @@ def evaluate_run(
     ``record["metrics"]`` holds the selected checkpoint's numbers (best when evaluated, else last);
     ``record["metrics_by_checkpoint"]`` holds each evaluated checkpoint's; ``record["sanity"]`` the
     sanity-check warnings per checkpoint (also logged); with ``sweep_eps``, ``record["eps_sweep"]``
-    PGD-20 accuracy at eps x 1, 2, 4, 8. Cascade attacks (``aa``) keep resumable state under
+    PGD-20 accuracy at eps x 1, 2, 4, 8. ``norm`` (linf | l2; default the run's ``eval.norm`` or
+    ``attack.norm``) evaluates in another threat model, kept as its own entry.
+    Cascade attacks (``aa``) keep resumable state under
     ``RUN_DIR/eval_state/<checkpoint>/``, so an interrupted AutoAttack continues where it stopped.
     The run folder is locked meanwhile (one writer at a time).
 
@@ -55,7 +58,7 @@ def evaluate_run(
     main = shard.is_main if shard is not None else distributed.launched_rank() == 0
     with RunLock(run_dir, log) if main else contextlib.nullcontext():  # rank 0 is the one writer
         return _evaluate_run(run_dir, attacks, checkpoints, n, data, device, log, sweep_eps, eps, batch_size,
-                             progress, shard)
+                             progress, shard, norm)
 
 
 def _finished(record: dict, cfg: Config) -> bool:
@@ -65,15 +68,18 @@ def _finished(record: dict, cfg: Config) -> bool:
     return record.get("status") != "failed" and len(record.get("epochs") or []) >= cfg.train.epochs
 
 
-def evaluation_key(which: str, n: int, eps: float) -> str:
-    """The key of one evaluation in ``record["evaluations"]``: what was evaluated."""
-    return f"{which} n={n} eps={eps:.6g}"
+def evaluation_key(which: str, n: int, eps: float, norm: str = "linf") -> str:
+    """The key of one evaluation in ``record["evaluations"]``: what was evaluated (L-inf keys name no norm)."""
+    return f"{which} n={n} eps={eps:.6g}" + ("" if norm == "linf" else f" norm={norm}")
 
 
 def _evaluate_run(run_dir: Path, attacks, checkpoints, n, data, device, log, sweep_eps, eps_override=None,
-                  batch_size=None, progress=None, shard=None) -> dict:
+                  batch_size=None, progress=None, shard=None, norm=None) -> dict:
     record = read_record(run_dir, required=RECORD_KEYS)
     cfg = from_dict(record["config"])
+    run_norm = threat.eval_norm(cfg)
+    norm = norm or run_norm
+    settings = threat.eval_settings(cfg, norm)
     check_attacks(attacks)
     device = pick_device(device) if isinstance(device, str) else (device or pick_device(cfg.train.device))
     if shard is None:  # `torchrun ... ltadv eval`: join the process group (one process: the whole test set)
@@ -91,7 +97,8 @@ def _evaluate_run(run_dir: Path, attacks, checkpoints, n, data, device, log, swe
     x, y = x[:n], y[:n]
     run_eps = cfg.attack.eps if cfg.eval.eps is None else cfg.eval.eps
     eps = run_eps if eps_override is None else float(eps_override)
-    headline = n == run_n and eps == run_eps  # else: an entry of its own, the headline numbers stay
+    # else: an entry of its own, the headline numbers stay
+    headline = n == run_n and eps == run_eps and norm == run_norm
     batch_size = batch_size or cfg.eval.batch_size
     progress = cfg.train.progress if progress is None else progress
     evaluations = dict(record.get("evaluations") or {})
@@ -102,28 +109,29 @@ def _evaluate_run(run_dir: Path, attacks, checkpoints, n, data, device, log, swe
         model, _ = load_run_model(run_dir, which, device)
         t0 = time.perf_counter()
         flags, secs = {}, {}
-        key = evaluation_key(which, len(y), eps)
+        key = evaluation_key(which, len(y), eps, norm)
         # a subset / other-eps evaluation keeps its resumable attack state and flags apart from the run's own
         state_dir = run_dir / EVAL_STATE / which
         if not headline:
-            state_dir = state_dir / f"n{len(y)}-eps{eps:.6g}"
+            state_dir = state_dir / (f"n{len(y)}-eps{eps:.6g}" + ("" if norm == "linf" else f"-{norm}"))
         metrics = evaluate(model, x, y, list(attacks), eps, record["class_counts"], batch_size,
                            cfg.eval.head_frac, cfg.eval.tail_frac, progress=progress,
                            state_dir=state_dir, flags_out=flags, seconds_out=secs,
-                           settings=cfg.eval, shard=shard)
+                           settings=settings, shard=shard)
         log(f"evaluated {which} checkpoint on {len(y)} test images in {time.perf_counter() - t0:.1f}s"
             + ("" if headline else f" (n={len(y)}, eps={eps:.4g}: its own entry; the run's numbers are kept)"))
         previous = (evaluations.get(key) or {}).get("metrics") or {}
-        evaluations[key] = {"checkpoint": which, "n": int(len(y)), "eps": eps, "headline": headline,
+        evaluations[key] = {"checkpoint": which, "n": int(len(y)), "eps": eps, "norm": norm, "headline": headline,
                             "metrics": {**previous, **metrics}}
         if headline:
             seconds[which] = {**seconds.get(which, {}), **secs}
             by_ckpt[which] = {**by_ckpt.get(which, {}), **metrics}
         if shard.is_main:  # one writer: rank 0 keeps the flags (every rank holds the same, gathered)
-            flags = merge_saved_flags(state_dir / "flags.pt", f"n={len(y)} eps={eps!r}", flags)
+            flags = merge_saved_flags(state_dir / "flags.pt", f"n={len(y)} eps={eps!r}"
+                                      + ("" if norm == "linf" else f" norm={norm}"), flags)
         warnings = sanity_warnings(flags, evaluations[key]["metrics"])
         if sweep_eps:
-            sweep = eps_sweep(model, x, y, eps, batch_size=batch_size, shard=shard)
+            sweep = eps_sweep(model, x, y, eps, batch_size=batch_size, shard=shard, settings=settings)
             if headline:
                 sweeps[which] = sweep
             evaluations[key]["eps_sweep"] = sweep
@@ -138,7 +146,7 @@ def _evaluate_run(run_dir: Path, attacks, checkpoints, n, data, device, log, swe
         if not warnings:
             log(f"sanity checks ({which} checkpoint): no warnings")
     record["evaluations"] = evaluations
-    record["last_evaluation"] = [evaluation_key(w, len(y), eps) for w in checkpoints]
+    record["last_evaluation"] = [evaluation_key(w, len(y), eps, norm) for w in checkpoints]
     if sweeps:
         record["eps_sweep"] = sweeps
     if headline:
@@ -146,7 +154,7 @@ def _evaluate_run(run_dir: Path, attacks, checkpoints, n, data, device, log, swe
         record["sanity"] = sanity
         record["eval_seconds"] = seconds
         record["metrics"] = by_ckpt.get("best") or by_ckpt.get("last")
-        record["eval"] = {"eps": eps, "n": int(len(y)), "test_set": int(len(data.y_test))}
+        record["eval"] = {"eps": eps, "norm": norm, "n": int(len(y)), "test_set": int(len(data.y_test))}
     if _finished(record, cfg):
         record["status"] = "complete"
     if shard.is_main:  # the other ranks hold the same numbers but no lock: rank 0 writes

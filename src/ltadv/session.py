@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from . import checkpoint as ckpt
-from . import distributed, reproducibility
+from . import distributed, reproducibility, threat
 from . import ema as weight_ema
 from .awp import build as build_awp
 from .build import (
@@ -114,6 +114,7 @@ def start_run(cfg: Config, out: Path, resume: bool, force: bool, log, guard: Run
     log = log if dctx.is_main else (lambda *a, **k: None)
     reproducibility.set_deterministic(cfg.train.deterministic)
     data = build_data(cfg.data, cfg.seed)  # data errors surface before the run folder is touched
+    threat.check_class_eps(cfg, data.num_classes)
     if state is not None and list(state["class_counts"]) != data.class_counts:
         raise ckpt.CheckpointError(f"checkpoint in {out} was trained on other class counts {state['class_counts']}")
     if cfg.eval.select_on == "val" and len(data.y_val) == 0:
@@ -204,6 +205,7 @@ def new_record(cfg: Config, data: LTData, meta: dict, device, world_size: int, n
                       "ties": cfg.eval.select_ties},
         "protocol": cfg.protocol,
         "protocol_differences": protocol_differences(cfg),
+        "threat_model": threat.describe(cfg),
         "environment": environment(),
     }
 
@@ -266,7 +268,8 @@ def validate(run: TrainingRun, epoch1: int) -> tuple[dict, dict]:
     eps = cfg.attack.eps if cfg.eval.eps is None else cfg.eval.eps
     model = inference_model(run.model, cfg, run.data.class_counts, run.record["model_meta"]["head"])
     flags = robust_flags(model, run.x_sel, run.y_sel, [cfg.eval.val_attack], eps, cfg.eval.batch_size,
-                         settings=cfg.eval, shard=Shard(run.dctx.rank, run.dctx.world_size))  # DDP: rank batches
+                         settings=threat.eval_settings(cfg),
+                         shard=Shard(run.dctx.rank, run.dctx.world_size))  # DDP: each rank its batches
     n_cls = run.data.num_classes
     return (summarize(flags["clean"], run.y_sel, n_cls, run.groups),
             summarize(flags[cfg.eval.val_attack], run.y_sel, n_cls, run.groups))
@@ -292,6 +295,7 @@ def epoch_row(run: TrainingRun, epoch: int, train: dict, costs: dict, eval_secon
         "val_robust": val[1]["overall"],
         "val_robust_balanced": val[1]["balanced"],
         "val_robust_tail": val[1]["tail"],
+        **run.method.epoch_info(),  # e.g. CFA's per-class eps
     }
 
 
@@ -358,7 +362,8 @@ def start_banner(cfg: Config, data: LTData, out: Path, device, world: int, batch
         f"ltadv {'resuming' if start_epoch else 'training'} {out}",
         f"  data    {cfg.data.name}: {len(c)} classes, {sum(c)} training images (largest class {c[0]}, smallest "
         f"{min(c)}, IR {max(c) / max(min(c), 1):.4g}), {len(data.y_test)} test images",
-        f"  run     {cfg.method.name} on {cfg.model.name}, eps {cfg.attack.eps:.4g}, PGD-{cfg.attack.steps} training "
+        f"  run     {cfg.method.name} on {cfg.model.name}, eps {cfg.attack.eps:.4g}"
+        f"{' (L2)' if cfg.attack.norm == 'l2' else ''}, PGD-{cfg.attack.steps} training "
         f"attack, {cfg.train.epochs} epochs x {batches} batches of {cfg.optim.batch_size}, lr {cfg.optim.lr:g}"
         f"{', aug ' + '+'.join(cfg.data.aug) if cfg.data.aug else ''}",
         f"  select  {sel}; device {device}" + (f" x {world} processes" if world > 1 else ""),

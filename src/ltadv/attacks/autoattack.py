@@ -21,6 +21,9 @@ classes), as the same resumable cascade; it can only be weaker than ``aa``.
 ``aa_torchattacks`` is ``torchattacks.AutoAttack`` as used by the AT-BSL reference: it runs APGD,
 APGD-T and FAB with 10 iterations instead of 100 (torchattacks issue #196), so it is weaker than
 the official attack; it is offered only to compare with the paper's protocol.
+
+Every AutoAttack variant takes ``norm`` (``"linf"`` or ``"l2"``): with ``l2`` it is the official L2
+AutoAttack (``AutoAttack(norm='L2', version='standard')``: the same four sub-attacks with the L2 ball).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import torch
 from ..progress import Progress
 from ..registry import register
 from ..shard import WHOLE, Shard, rng_scope
-from . import ATTACKS, frozen_params
+from . import ATTACKS, DEFAULT_SETTINGS, frozen_params
 
 Stage = tuple[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
 AA_SEED = 0
@@ -68,9 +71,13 @@ def _device(model: torch.nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+AA_NORMS = {"linf": "Linf", "l2": "L2"}  # ltadv's norm names -> the official AutoAttack's
+
+
 def autoattack_stages(model: torch.nn.Module, eps: float, num_classes: int, seed: int = AA_SEED,
-                      n_iter: int = 100, n_queries: int = 5000) -> list[Stage]:
-    """The four sub-attacks of standard L-inf AutoAttack as ``(name, fn(x, y) -> x_adv)``.
+                      n_iter: int = 100, n_queries: int = 5000, norm: str = "linf") -> list[Stage]:
+    """The four sub-attacks of standard AutoAttack (L-inf, or L2 with ``norm="l2"``) as
+    ``(name, fn(x, y) -> x_adv)``.
 
     Settings are the official ``version="standard"`` ones (set by ``pyautoattack.AutoAttack``);
     eps and the seed are passed explicitly and the device is the model's (the package defaults to
@@ -81,11 +88,11 @@ def autoattack_stages(model: torch.nn.Module, eps: float, num_classes: int, seed
     from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
 
     device = _device(model)
-    aa = AutoAttack(model, device=device, eps=float(eps), seed=seed, version="standard")
+    aa = AutoAttack(model, norm=AA_NORMS[norm], device=device, eps=float(eps), seed=seed, version="standard")
     aa.verbose = False
     if n_iter != 100:  # APGD derives its step-size checkpoints from n_iter in __init__: rebuild it
-        common = dict(n_iter=n_iter, verbose=False, eps=float(eps), norm="Linf", eot_iter=1, rho=0.75, seed=seed,
-                      device=device, logger=aa.logger)
+        common = dict(n_iter=n_iter, verbose=False, eps=float(eps), norm=AA_NORMS[norm], eot_iter=1, rho=0.75,
+                      seed=seed, device=device, logger=aa.logger)
         aa.apgd = APGDAttack(model, n_restarts=1, **common)
         aa.apgd_targeted = APGDAttack_targeted(model, n_restarts=1, **common)
         aa.fab.n_iter = n_iter
@@ -309,43 +316,48 @@ def _num_classes(model: torch.nn.Module, x: torch.Tensor) -> int:
 AA_VARIANTS = {"aa": (0, 1, 2, 3), "aa_apgd": (0, 1)}
 
 
-def _aa_stages(variant: str, model, x, eps) -> list[Stage]:
-    stages = autoattack_stages(model, eps, _num_classes(model, x), **AA_BUDGET)
+def _aa_stages(variant: str, model, x, eps, norm: str = "linf") -> list[Stage]:
+    stages = autoattack_stages(model, eps, _num_classes(model, x), **AA_BUDGET, norm=norm)
     return [stages[i] for i in AA_VARIANTS[variant]]
 
 
 def _aa_cascade_flags(variant, model, x, y, eps, correct=None, batch_size=500, state_path=None, progress=False,
-                      log=print, shard: Shard = WHOLE) -> dict:
-    stages = _aa_stages(variant, model, x, eps)
+                      log=print, shard: Shard = WHOLE, norm: str = "linf") -> dict:
+    stages = _aa_stages(variant, model, x, eps, norm)
     names = [n for n, _ in stages] + [f"{k}={v}" for k, v in sorted(AA_BUDGET.items())]
+    if norm != "linf":  # L-inf keys stay as they were, so saved L-inf states still resume
+        names.append(f"norm={norm}")
     if shard.enabled:
         names.append(f"rank={shard.rank}/{shard.world_size}")
     key = cascade_key(model, x, y, eps, names, batch_size, AA_SEED)
     return run_cascade(model, x, y, stages, correct, batch_size, state_path, key, progress, log=log, shard=shard)
 
 
-def _aa_cascade_adv(variant, model, x, y, eps) -> torch.Tensor:
-    return run_cascade(model, x, y, _aa_stages(variant, model, x, eps), batch_size=max(len(x), 1), return_adv=True,
+def _aa_cascade_adv(variant, model, x, y, eps, norm: str = "linf") -> torch.Tensor:
+    return run_cascade(model, x, y, _aa_stages(variant, model, x, eps, norm), batch_size=max(len(x), 1),
+                       return_adv=True,
                        log=lambda *a: None)["x_adv"]
 
 
 def aa_flags(model, x, y, eps, correct=None, batch_size=500, state_path=None, progress=False, log=print,
-             shard: Shard = WHOLE) -> dict:
+             shard: Shard = WHOLE, norm: str = "linf") -> dict:
     """Standard AutoAttack as a resumable cascade on the clean-correct points (see :func:`run_cascade`)."""
-    return _aa_cascade_flags("aa", model, x, y, eps, correct, batch_size, state_path, progress, log, shard)
+    return _aa_cascade_flags("aa", model, x, y, eps, correct, batch_size, state_path, progress, log, shard, norm)
 
 
 def aa_apgd_flags(model, x, y, eps, correct=None, batch_size=500, state_path=None, progress=False, log=print,
-                  shard: Shard = WHOLE) -> dict:
+                  shard: Shard = WHOLE, norm: str = "linf") -> dict:
     """RoBal's AutoAttack (APGD-CE then APGD-T) as a resumable cascade on the clean-correct points."""
-    return _aa_cascade_flags("aa_apgd", model, x, y, eps, correct, batch_size, state_path, progress, log, shard)
+    return _aa_cascade_flags("aa_apgd", model, x, y, eps, correct, batch_size, state_path, progress, log, shard,
+                             norm)
 
 
 @register(ATTACKS, "aa")
 def aa(model, x, y, eps, settings=None):
     """Standard L-inf AutoAttack (APGD-CE, APGD-T, FAB-T, Square; Croce & Hein 2020, arXiv 2003.01690),
-    official code via ``pyautoattack``, seed 0. Evaluation uses the resumable :func:`aa_flags`."""
-    return _aa_cascade_adv("aa", model, x, y, eps)
+    official code via ``pyautoattack``, seed 0; ``settings.norm l2``: the official L2 version.
+    Evaluation uses the resumable :func:`aa_flags`."""
+    return _aa_cascade_adv("aa", model, x, y, eps, (settings or DEFAULT_SETTINGS).norm)
 
 
 @register(ATTACKS, "aa_apgd")
@@ -353,7 +365,7 @@ def aa_apgd(model, x, y, eps, settings=None):
     """RoBal's "AA" (wutong16/Adversarial_Long-Tail ``attacks/auto_attack.py``): official standard L-inf
     AutoAttack restricted to APGD-CE (100 iterations, 1 restart) then APGD-T (9 target classes x 100
     iterations), seed 0. Evaluation uses the resumable :func:`aa_apgd_flags`."""
-    return _aa_cascade_adv("aa_apgd", model, x, y, eps)
+    return _aa_cascade_adv("aa_apgd", model, x, y, eps, (settings or DEFAULT_SETTINGS).norm)
 
 
 aa.flags_fn = aa_flags
@@ -378,7 +390,8 @@ def aa_torchattacks(model, x, y, eps, settings=None):
     with frozen(model):
         with torch.no_grad():
             n_classes = int(model(x[:1]).shape[1])
-        atk = torchattacks.AutoAttack(model, norm="Linf", eps=float(eps), version="standard",
+        atk = torchattacks.AutoAttack(model, norm=AA_NORMS[(settings or DEFAULT_SETTINGS).norm], eps=float(eps),
+                                      version="standard",
                                       n_classes=n_classes, seed=AA_SEED)
         return atk(x, y).detach()
 

@@ -13,6 +13,7 @@ import torch
 from ..attacks import pgd
 from ..config import Config
 from ..losses import log_counts
+from ..threat import hard_labels
 
 METHODS: dict = {}
 
@@ -44,14 +45,22 @@ class Method:
         a = self.cfg.attack.alpha
         return self.cfg.attack.eps / 4 if a is None else a
 
+    def batch_eps(self, target: torch.Tensor):
+        """The training radius of each sample: ``attack.eps``, or ``attack.class_eps[y]`` (a tensor [B])
+        when per-class budgets are set (ltadv.threat). The step stays ``self.alpha``."""
+        if not self.cfg.attack.class_eps:
+            return self.cfg.attack.eps
+        eps = torch.tensor(self.cfg.attack.class_eps, dtype=torch.float32, device=target.device)
+        return eps[hard_labels(target)]
+
     def perturb(self, model, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         a = self.cfg.attack
         if self.cfg.method.robustlt:  # RobustLT's class-wise budgets (methods/robustlt.py)
             from .robustlt import robustlt_perturb
 
             return robustlt_perturb(self, model, x, target)
-        return pgd(model, x, target, eps=a.eps, alpha=self.alpha, steps=a.steps, random_start=a.init,
-                   clamp_start=a.clamp_start)
+        return pgd(model, x, target, eps=self.batch_eps(target), alpha=self.alpha, steps=a.steps, random_start=a.init,
+                   clamp_start=a.clamp_start, norm=a.norm)
 
     def loss(self, model, x: torch.Tensor, x_adv: torch.Tensor, target: torch.Tensor) -> dict:
         raise NotImplementedError
@@ -65,6 +74,10 @@ class Method:
 
     def end_epoch(self) -> None:
         """Called by the loop after each epoch's last step, before the checkpoint is written."""
+
+    def epoch_info(self) -> dict:
+        """Extra fields for this epoch's record (e.g. CFA's per-class eps); none by default."""
+        return {}
 
     def state_dict(self) -> dict:
         return {}
@@ -83,3 +96,4 @@ class Method:
 from . import at, robal, trades  # noqa: E402,F401, I001
 from . import baselines, reat  # noqa: E402,F401, I001
 from . import taet  # noqa: E402,F401, I001
+from . import cfa  # noqa: E402,F401, I001

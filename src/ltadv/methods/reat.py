@@ -107,8 +107,9 @@ class REAT(Method):
     def perturb(self, model, x, target):
         a = self.cfg.attack
         w = rbl_weights(self.class_counts, self.adv_counts)
-        return pgd(model, x, target, eps=a.eps, alpha=self.alpha, steps=a.steps,
-                   loss_fn=lambda logits, t: rbl_loss(logits, t, w), random_start=a.init, clamp_start=a.clamp_start)
+        return pgd(model, x, target, eps=self.batch_eps(target), alpha=self.alpha, steps=a.steps,
+                   loss_fn=lambda logits, t: rbl_loss(logits, t, w), random_start=a.init, clamp_start=a.clamp_start,
+                   norm=a.norm)
 
     def loss(self, model, x, x_adv, target):
         store = {}

@@ -31,8 +31,8 @@ class TRADES(Method):
         with torch.no_grad():
             logits_clean = model(x).detach()
         a = self.cfg.attack
-        return pgd(model, x, logits_clean, eps=a.eps, alpha=self.alpha, steps=a.steps, loss_fn=kl_attack_loss,
-                   random_start=a.init, clamp_start=a.clamp_start)
+        return pgd(model, x, logits_clean, eps=self.batch_eps(target), alpha=self.alpha, steps=a.steps,
+                   loss_fn=kl_attack_loss, random_start=a.init, clamp_start=a.clamp_start, norm=a.norm)
 
     def loss(self, model, x, x_adv, target):
         logits_clean = model(x)
