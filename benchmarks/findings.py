@@ -158,6 +158,9 @@ def plan(study: Study, part: str, spec: dict) -> tuple[Path, list[Cell]]:
         except ConfigError as e:
             raise ConfigError(f"part {part}, cell {name!r}: {e}") from None
         cells.append(Cell(part, name, study.out / part / name, to_dict(cfg), list(cfg.eval.attacks)))
+        cfg_file = study.out / part / "_cells" / f"{name}.yaml"  # as `ltadv sweep` keeps them (and knows its folder)
+        cfg_file.parent.mkdir(parents=True, exist_ok=True)
+        cfg_file.write_text(yaml.safe_dump(cells[-1].config, sort_keys=False))
     return spec_file, cells
 
 
@@ -218,9 +221,7 @@ def train_cells(study: Study, cells: list[Cell]) -> None:
 
     def one(i_cell: tuple[int, Cell]) -> str | None:
         i, c = i_cell
-        cfg_file = study.out / c.part / "_cells" / f"{c.name}.yaml"
-        cfg_file.parent.mkdir(parents=True, exist_ok=True)
-        cfg_file.write_text(yaml.safe_dump(c.config, sort_keys=False))
+        cfg_file = study.out / c.part / "_cells" / f"{c.name}.yaml"  # written by plan()
         status = cell_status(c.run_dir)
         cmd = [sys.executable, "-m", "ltadv", "train", "--config", str(cfg_file), "--out", str(c.run_dir), "--quiet",
                "--resume" if status == "partial" else "--force"]
