@@ -75,7 +75,7 @@ def one_step(model, device, amp, channels_last, compile=False):
     torch.manual_seed(1)  # the same PGD start on every side
     out = train_step(model, fwd, view, METHODS["at_bsl"](cfg, COUNTS), opt, x, y, autocast, scaler)
     change = torch.cat([(p.detach() - b).flatten().float() for p, b in zip(model.parameters(), before)])
-    return out, change
+    return out, change, scaler
 
 
 def cosine(a, b) -> float:
@@ -93,12 +93,18 @@ def test_autocast_train_step_matches_fp32(device, amp, no_tf32):
     name = "resnet18" if device == "cuda" else "small_cnn"
     torch.manual_seed(0)
     base = build_model(name, 10, 3, *CIFAR_STATS).to(device)
-    ref, ref_change = one_step(copy.deepcopy(base), device, "off", "off")
-    out, change = one_step(copy.deepcopy(base), device, amp, "auto")
+    ref, ref_change, _ = one_step(copy.deepcopy(base), device, "off", "off")
+    out, change, scaler = one_step(copy.deepcopy(base), device, amp, "auto")
     assert ref["logits"].dtype == torch.float32
     assert out["logits"].dtype == (torch.bfloat16 if amp == "bf16" else torch.float16)  # autocast was on
     assert torch.isfinite(out["loss"]) and out["loss"].dtype == torch.float32
     assert abs(out["loss"].item() - ref["loss"].item()) <= 0.05 * abs(ref["loss"].item())
+    assert (scaler is not None) == (amp == "fp16")
+    if scaler is not None and scaler.get_scale() < 2.0**16:
+        # fp16: the scaled gradients overflowed at the initial scale 2^16, so GradScaler skipped this
+        # step and halved its scale, as it must; the weights are untouched
+        assert scaler.get_scale() == 2.0**15 and float(change.abs().max()) == 0.0
+        return
     assert cosine(change, ref_change) >= 0.95
     assert float(change.norm()) == pytest.approx(float(ref_change.norm()), rel=0.1)
 
@@ -172,7 +178,7 @@ def test_resume_on_cuda_is_bit_identical(tmp_path):
     ra = json.loads((tmp_path / "full" / "result.json").read_text())
     rb = json.loads((tmp_path / "cut" / "result.json").read_text())
     assert [e["train_loss"] for e in ra["epochs"]] == [e["train_loss"] for e in rb["epochs"]]
-    assert ra["metrics"] == rb["metrics"] and ra["device"] == "cuda"
+    assert ra["metrics"] == rb["metrics"] and ra["device"].startswith("cuda")
 
 
 @pytest.mark.gpu
@@ -195,9 +201,9 @@ def test_compiled_step_matches_eager(no_tf32):
     >= 0.99 of the eager step (inductor reorders fp32 reductions; a PGD sign may flip at a ~0 gradient)."""
     torch.manual_seed(0)
     base = build_model("small_cnn", 10, 3, *CIFAR_STATS).cuda()
-    ref, ref_change = one_step(copy.deepcopy(base), "cuda", "off", "auto")
+    ref, ref_change, _ = one_step(copy.deepcopy(base), "cuda", "off", "auto")
     torch._dynamo.reset()
-    out, change = one_step(copy.deepcopy(base), "cuda", "off", "auto", compile=True)
+    out, change, _ = one_step(copy.deepcopy(base), "cuda", "off", "auto", compile=True)
     assert abs(out["loss"].item() - ref["loss"].item()) <= 0.01 * abs(ref["loss"].item())
     assert cosine(change, ref_change) >= 0.99
 
