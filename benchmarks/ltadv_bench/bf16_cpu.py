@@ -11,7 +11,7 @@ whether that should change here:
 1. trains an AT model on digits-lt in fp32 (``--epochs``);
 2. times, rounds alternating, a PGD-10 attack (batch 128, on the BN-folded channels_last view) and
    a full training step (PGD-10 + SGD), fp32 vs ``torch.autocast("cpu", torch.bfloat16)``, for the
-   digits model and for a CIFAR-shaped ResNet-18 (batch 32);
+   digits model and for a CIFAR-shaped ResNet-18 (``--resnet-batch``, default 32);
 3. PGD-20 robust accuracy of the trained model on the digits test set, attack run in fp32 vs bf16.
 
 Prints a table and writes JSON (what the CPU has: flags, ``torch.backends.mkldnn``, oneDNN's ISA).
@@ -99,6 +99,7 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=8, help="digits-lt AT epochs of the model to evaluate")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--n", type=int, default=500, help="digits test images for the robust accuracy")
+    p.add_argument("--resnet-batch", type=int, default=32)
     p.add_argument("--json", default="runs/bench/bf16_cpu.json")
     args = p.parse_args(argv)
     keep_freed_memory(True)
@@ -116,21 +117,23 @@ def main(argv=None) -> int:
         model, record = load_run_model(Path(tmp) / "digits", "last", "cpu")
     data = build_data(cfg.data, cfg.seed)
     eps = cfg.attack.eps
+    print(f"  trained {args.epochs} epochs; PGD-20 robust accuracy, fp32 and bf16 attacks ...", flush=True)
     acc = {d: robust_acc(model, data, eps, d, args.n) for d in ("fp32", "bf16")}
+    print(f"  timing digits small_cnn (batch 128), then ResNet-18 (batch {args.resnet_batch}) ...", flush=True)
 
     torch.manual_seed(0)
     xd = to_float(data.x_train[:128], torch.device("cpu"))
     yd = data.y_train[:128]
     digits = step_timings(model.train(), xd, yd, record["class_counts"], args.rounds)
     resnet = build_model("resnet18", 10, 3, (0.5,) * 3, (0.25,) * 3)
-    xc, yc = torch.rand(32, 3, 32, 32), torch.arange(32) % 10
+    xc, yc = torch.rand(args.resnet_batch, 3, 32, 32), torch.arange(args.resnet_batch) % 10
     cifar = step_timings(resnet, xc, yc, [100 - 9 * i for i in range(10)], args.rounds)
 
     result = {"cpu": cpu["model"], "threads": torch.get_num_threads(), "native_bf16": native,
               "flags_avx512": sorted(f for f in cpu["flags"] if f.startswith(("avx512", "amx"))),
-              "digits_small_cnn_batch128": digits, "cifar_resnet18_batch32": cifar,
+              "digits_small_cnn_batch128": digits, "cifar_resnet18": {**cifar, "batch": args.resnet_batch},
               "digits_pgd20_robust_acc": {**acc, "n": args.n, "epochs": args.epochs}}
-    rows = [("digits small_cnn, batch 128", digits), ("CIFAR-shaped ResNet-18, batch 32", cifar)]
+    rows = [("digits small_cnn, batch 128", digits), (f"CIFAR-shaped ResNet-18, batch {args.resnet_batch}", cifar)]
     print("| workload | part | fp32 s | bf16 s | bf16 speed-up |\n|---|---|---|---|---|")
     for name, r in rows:
         for part in ("attack_pgd10", "train_step"):

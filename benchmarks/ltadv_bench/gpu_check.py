@@ -1,6 +1,6 @@
 """``make gpu-check``: every GPU measurement ltadv needs, in one go, into one folder.
 
-    python -m ltadv_bench.gpu_check [--device cuda|cpu] [--out DIR] [--budget-s 450]
+    python -m ltadv_bench.gpu_check [--device cuda|cpu] [--out DIR] [--budget-s SECONDS]
 
 Steps, in order of importance (each a subprocess with its own log; a step that fails is recorded and
 the next one runs; steps that no longer fit the time budget are recorded as skipped):
@@ -222,7 +222,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="gpu_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--out", default="runs/gpu-check", metavar="DIR")
-    p.add_argument("--budget-s", type=float, default=450, help="stop starting steps after this many seconds")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="no step starts after this many seconds (default 450 on CUDA; 1800 on CPU, whose tiny "
+                        "steps are slow only on a shared machine)")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu-check: no CUDA device here (torch.cuda.is_available() is False); "
@@ -234,7 +236,7 @@ def main(argv=None) -> int:
     env = environment(dev)
     (out / "env.json").write_text(json.dumps(env, indent=1))
     child_env = dict(os.environ, PYTHONUNBUFFERED="1")
-    steps = Steps(out, args.budget_s, child_env)
+    steps = Steps(out, args.budget_s or (450 if dev == "cuda" else 1800), child_env)
     benches, runs = [], []
 
     if (REPO / "tests").is_dir():
