@@ -16,7 +16,7 @@ def test_gpu_check_cpu_path_end_to_end(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     s = json.loads((out / "summary.json").read_text())
     assert {k: v["status"] for k, v in s["steps"].items()} == {
-        "tests": "ok", "bench-small_cnn": "ok", "protocol": "ok", "autoattack": "ok", "bench-small_cnn-fast": "ok"}
+        "tests": "ok", "bench-small_cnn": "ok", "protocol": "ok", "autoattack": "n/a", "bench-small_cnn-fast": "ok"}
     assert s["tests"]["tests"] >= 5 and s["tests"]["failures"] == s["tests"]["errors"] == 0
     plain, fast = s["bench"]["bench-small_cnn"], s["bench"]["bench-small_cnn-fast"]
     assert (plain["batch"], plain["ltadv_batch"], fast["ltadv_batch"]) == (16, 16, 32)
@@ -31,8 +31,7 @@ def test_gpu_check_cpu_path_end_to_end(tmp_path):
     p = s["protocol"]["protocol"]
     e2 = rec["epochs"][1]
     assert p["projected_100_epochs_s"] == pytest.approx(100 * e2["train_seconds"] + 26 * e2["eval_seconds"])
-    aa = json.loads((out / "autoattack.json").read_text())
-    assert aa["n"] == 4 and aa["stock_robust_acc"] == aa["ltadv_robust_acc"]
+    assert s["autoattack"] is None and not (out / "autoattack.json").exists()  # not run on CPU
     md = (out / "summary.md").read_text()
     assert "projected 100 epochs" in md and "bench-small_cnn" not in md.split("| step |")[0]
 
