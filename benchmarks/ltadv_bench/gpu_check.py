@@ -55,14 +55,14 @@ def sizes(device: str) -> dict:
     if device == "cuda":
         return {"models": ["resnet18", "wrn34_10"], "batch": 128, "fast_batch": 512, "rounds": 3, "steps": 10,
                 "workers": 4, "compile": True, "train_per_class": 5000, "test_per_class": 1000,
-                "run_overrides": [], "aa_n": 1000, "tests": ["-m", "gpu"]}
+                "run_overrides": [], "aa_n": 1000, "tests": ["-m", "gpu"], "cap_s": 240}
     return {"models": ["small_cnn"], "batch": 16, "fast_batch": 32, "rounds": 1, "steps": 2, "workers": 0,
             "compile": False, "train_per_class": 50, "test_per_class": 2,
             "run_overrides": ["--model", "small_cnn", "--attack.steps", "2", "--optim.batch_size", "16",
                               "--train.max_batches", "2", "--eval.batch_size", "20"],
             # no AutoAttack: at its full budget (the only one ltadv offers) a point the tiny 2-epoch model
             # keeps robust costs ~9,000 forward/backward passes per side, minutes on a shared CPU
-            "aa_n": 0, "tests": ["-m", "gpu", str(REPO / "tests" / "test_gpu.py")]}
+            "aa_n": 0, "tests": ["-m", "gpu", str(REPO / "tests" / "test_gpu.py")], "cap_s": 900}
 
 
 def write_cifar10(root: Path, train_per_class: int, test_per_class: int, seed: int = 0) -> Path:
@@ -243,7 +243,7 @@ def main(argv=None) -> int:
 
     if (REPO / "tests").is_dir():
         steps.run("tests", [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *z["tests"],
-                            f"--junitxml={out / 'gpu-tests.xml'}"], 240, cwd=REPO)
+                            f"--junitxml={out / 'gpu-tests.xml'}"], z["cap_s"], cwd=REPO)
     else:
         steps.status["tests"] = {"status": "skipped", "reason": f"no tests folder at {REPO / 'tests'}"}
 
@@ -252,14 +252,14 @@ def main(argv=None) -> int:
         extra = ["--ltadv-batch-size", str(z["fast_batch"])] + (["--compile"] if fast and z["compile"] else [])
         steps.run(name, ltadv("bench", "--device", dev, "--model", model, "--batch-size", str(z["batch"]),
                               "--rounds", str(z["rounds"]), "--steps", str(z["steps"]), "--workers", str(z["workers"]),
-                              "--out", str(out / f"{name}.json"), *(extra if fast else [])), 240)
+                              "--out", str(out / f"{name}.json"), *(extra if fast else [])), z["cap_s"])
         benches.append(name)
 
     def protocol(name: str, extra: list[str]) -> bool:
         runs.append(name)
         return steps.run(name, ltadv("train", "--protocol", "at-bsl-cifar10", "--data-root", str(data_root),
                                      "--epochs", "2", "--eval.attacks", "clean,pgd20", "--quiet", "--force",
-                                     "--out", str(out / name), *z["run_overrides"], *extra), 240)
+                                     "--out", str(out / name), *z["run_overrides"], *extra), z["cap_s"])
 
     tmp = Path(tempfile.mkdtemp(prefix="ltadv-gpu-check-"))
     try:
@@ -267,7 +267,7 @@ def main(argv=None) -> int:
         data_root = write_cifar10(tmp / "data", z["train_per_class"], z["test_per_class"])
         if protocol("protocol", []) and z["aa_n"]:
             steps.run("autoattack", ltadv("bench", "--aa-run", str(out / "protocol"), "--aa-n", str(z["aa_n"]),
-                                          "--device", dev, "--out", str(out / "autoattack.json")), 240)
+                                          "--device", dev, "--out", str(out / "autoattack.json")), z["cap_s"])
         elif not z["aa_n"]:
             steps.status["autoattack"] = {"status": "n/a", "reason": "not run on CPU (see sizes())"}
         bench(z["models"][0], fast=True)
