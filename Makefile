@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint install docs
+.PHONY: demo test bench gpu-check lint install docs
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,6 +22,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/ltadv bench --out benchmarks/results.json
+
+# Every GPU check in one go (<= 8 min on one GPU), all into runs/gpu-check-$(DEVICE)/ (docs/gpu-check.md).
+# DEVICE=cpu: the same script at tiny sizes. Without CUDA, DEVICE=cuda says so in one line and exits 2.
+DEVICE ?= cuda
+gpu-check: $(STAMP)
+	$(PY) -m ltadv_bench.gpu_check --device $(DEVICE) --out runs/gpu-check-$(DEVICE)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

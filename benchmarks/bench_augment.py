@@ -35,14 +35,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from ltadv.data.augment import AUG_GROUPS, AUGMENTATIONS, build_pipeline
+from ltadv.timing import Stopwatch, sync
 
 PER_IMAGE = {"aua", "ra", "ta", "augmix"}  # transforms applied in groups on the batch path
 MIXING = {"mixup", "cutmix"}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def batch_path(name: str, x_u8: torch.Tensor, y: torch.Tensor, batch: int, groups: int, num_classes: int) -> float:
@@ -51,14 +47,13 @@ def batch_path(name: str, x_u8: torch.Tensor, y: torch.Tensor, batch: int, group
     names = () if name == "none" else (name,)
     pipeline = build_pipeline(names, True, num_classes, x_u8.shape[-1], groups=groups)
     pipeline(x_u8[:batch].float().div(255), y[:batch])  # warm-up
-    _sync(device)
+    sync(device)
     order = torch.randperm(len(y), device=device)
-    t0 = time.perf_counter()
-    for i in range(0, len(y), batch):
-        idx = order[i:i + batch]
-        pipeline(x_u8[idx].float().div_(255), y[idx])
-    _sync(device)
-    return len(y) / (time.perf_counter() - t0)
+    with Stopwatch(device) as sw:
+        for i in range(0, len(y), batch):
+            idx = order[i:i + batch]
+            pipeline(x_u8[idx].float().div_(255), y[idx])
+    return len(y) / sw.seconds
 
 
 class PILDataset(Dataset):
@@ -94,11 +89,11 @@ def pil_path(name: str, x_u8: np.ndarray, y: np.ndarray, batch: int, workers: in
            "cutmix": v2.CutMix(alpha=1.0, num_classes=num_classes)}.get(name)
     loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers,
                         persistent_workers=False, drop_last=False)
-    t0 = time.perf_counter()
-    for xb, yb in loader:
-        if mix is not None:
-            xb, yb = mix(xb, yb)
-    return len(ds) / (time.perf_counter() - t0)
+    with Stopwatch() as sw:
+        for xb, yb in loader:
+            if mix is not None:
+                xb, yb = mix(xb, yb)
+    return len(ds) / sw.seconds
 
 
 def main(argv=None) -> int:

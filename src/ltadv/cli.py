@@ -369,17 +369,19 @@ def cmd_report(args, extra) -> int:
 
 
 def cmd_bench(args, extra) -> int:
-    from .bench import run_bench
-
     _reject_extra(extra)
+    try:  # the benchmark code ships beside the library as ltadv_bench (benchmarks/ltadv_bench)
+        from ltadv_bench.train_eval import bench_autoattack_run, run_bench
+    except ImportError as e:
+        raise CLIError(f"ltadv bench needs the ltadv_bench package (benchmarks/ in the source tree; "
+                         f"pip install -e . installs it): {e}") from None
     if args.aa_run:
-        from .bench import bench_autoattack_run
-
         bench_autoattack_run(args.aa_run, n=args.aa_n or 100, device=args.device or "auto", out=args.out)
         return 0
     run_bench(args.model, batch_size=args.batch_size, rounds=args.rounds, steps=args.steps,
               num_workers=args.workers, device=args.device or "auto", out=args.out,
-              aa_n=args.aa_n, same_allocator=args.same_allocator)
+              aa_n=args.aa_n, same_allocator=args.same_allocator, compile=args.compile,
+              ltadv_batch_size=args.ltadv_batch_size)
     return 0
 
 
@@ -483,6 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--same-allocator", action="store_true",
                    help="give the baseline ltadv's CPU allocator setting too (isolates the code paths' speed-up)")
     b.add_argument("--device", default=None)
+    b.add_argument("--compile", action="store_true", help="ltadv's side with torch.compile (as --train.compile true)")
+    b.add_argument("--ltadv-batch-size", type=int, default=None, metavar="N",
+                   help="ltadv's training batch (default --batch-size): a throughput figure at a larger batch")
     b.add_argument("--out", metavar="FILE.json", default="benchmarks/results.json")
     b.set_defaults(func=cmd_bench)
     pr = sub.add_parser("protocols", help="list the reference protocols (each paper's exact recipe)",
