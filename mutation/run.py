@@ -31,17 +31,15 @@ EQUIVALENT = ROOT / "mutation" / "equivalent.txt"
 # module -> (files to mutate, fast test files that exercise them)
 MODULES: dict[str, tuple[list[str], list[str]]] = {
     "losses": (["src/ltadv/losses.py"], ["tests/test_losses.py", "tests/test_core_losses.py"]),
-    "losses_lt": (["src/ltadv/losses_lt.py"], ["tests/test_baselines.py", "tests/test_lt_fidelity.py",
-                                              "tests/test_core_losses.py"]),
+    "losses_lt": (["src/ltadv/losses_lt.py"], ["tests/test_lt_fidelity.py", "tests/test_core_methods.py"]),
     "attacks": (["src/ltadv/attacks/__init__.py", "src/ltadv/attacks/mim.py", "src/ltadv/attacks/autoattack.py"],
-                ["tests/test_attacks.py", "tests/test_core_attacks.py", "tests/test_eval_attacks.py"]),
-    "evaluate": (["src/ltadv/evaluate.py"], ["tests/test_core_evaluate.py", "tests/test_eval_protocol.py"]),
+                ["tests/test_core_attacks.py"]),
+    "evaluate": (["src/ltadv/evaluate.py"], ["tests/test_core_evaluate.py"]),
     "longtail": (["src/ltadv/data/longtail.py"], ["tests/test_longtail.py", "tests/test_core_data.py"]),
-    "sampler": (["src/ltadv/data/sampler.py"], ["tests/test_core_data.py", "tests/test_baselines.py"]),
+    "sampler": (["src/ltadv/data/sampler.py"], ["tests/test_core_data.py"]),
     "reproducibility": (["src/ltadv/reproducibility.py"], ["tests/test_core_repro.py"]),
-    "checkpoint": (["src/ltadv/checkpoint.py"], ["tests/test_core_checkpoint.py", "tests/test_reliability.py"]),
-    "methods": (["src/ltadv/methods/*"], ["tests/test_methods.py", "tests/test_core_methods.py",
-                                         "tests/test_lt_fidelity.py", "tests/test_baselines.py"]),
+    "checkpoint": (["src/ltadv/checkpoint.py"], ["tests/test_core_checkpoint.py"]),
+    "methods": (["src/ltadv/methods/*"], ["tests/test_core_methods.py", "tests/test_lt_fidelity.py"]),
 }
 
 KILLED = {1, 3}  # pytest: tests failed / internal error
