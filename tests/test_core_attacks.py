@@ -335,3 +335,78 @@ def test_cascade_key_changes_with_each_input():
                cascade_key(m, XC, YC, 0.1, ["a", "b"], 3, 0), cascade_key(m, XC, YC, 0.1, ["a", "b"], 2, 1),
                cascade_key(reader4().double(), XC, YC, 0.1, ["a", "b"], 2, 0)]
     assert base not in changed
+
+
+# ---- AutoAttack (pyautoattack) on a linear model, tiny budget --------------------------------------------
+
+@pytest.fixture
+def tiny_aa(monkeypatch):
+    from ltadv.attacks import autoattack
+
+    monkeypatch.setattr(autoattack, "AA_BUDGET", {"n_iter": 3, "n_queries": 20})
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
+    x = torch.rand(16, 3, 2, 2)
+    with torch.no_grad():
+        y = m(x).argmax(1)
+    y[0] = (y[0] + 1) % 4  # one point misclassified clean
+    return m, x, y
+
+
+def linf_radius(m, x, y):
+    """Exact L-inf distance to the nearest other class of a linear model (ignoring the [0, 1] box)."""
+    w = m[1].weight.detach()
+    z = m(x).detach()
+    out = []
+    for i in range(len(y)):
+        r = [float((z[i, y[i]] - z[i, j]) / (w[y[i]] - w[j]).abs().sum()) for j in range(4) if j != y[i]]
+        out.append(min(r))
+    return torch.tensor(out)
+
+
+def test_autoattack_breaks_only_breakable_points_and_keeps_images(tiny_aa):
+    from ltadv.attacks.autoattack import aa_apgd_flags, aa_flags
+
+    m, x, y = tiny_aa
+    res = aa_flags(m, x, y, 0.1, batch_size=5, log=quiet)
+    bb = res["broken_by"]
+    assert int(bb[0]) == 0  # misclassified clean: not attacked
+    assert set(bb.tolist()) >= {1, 2, -1}  # APGD-CE breaks some points, APGD-T others, some stay robust
+    radius = linf_radius(m, x, y)
+    assert bool((radius[bb > 0] < 0.1).all())  # an attack cannot break a point that is robust at eps
+    assert res["flags"].tolist() == (bb == -1).tolist()
+    again = aa_flags(m, x, y, 0.1, batch_size=5, log=quiet)
+    assert torch.equal(again["broken_by"], bb)  # seeded: the same flags every time
+    apgd = aa_apgd_flags(m, x, y, 0.1, batch_size=5, log=quiet)
+    assert list(apgd["stages"]) == ["apgd-ce", "apgd-t"] and list(res["stages"]) == ["apgd-ce", "apgd-t", "fab-t",
+                                                                                        "square"]
+    assert not bool((res["flags"] & ~apgd["flags"]).any())  # the full cascade is at least as strong
+    x_adv = ATTACKS["aa"](m, x, y, 0.1)
+    assert float((x_adv - x).abs().max()) <= 0.1 + 1e-6
+    broken = bb > 0
+    assert bool((m(x_adv).argmax(1)[broken] != y[broken]).all())  # broken points keep their adversarial image
+    assert torch.equal(x_adv[~broken], x[~broken])
+    x_adv2 = ATTACKS["aa_apgd"](m, x, y, 0.1)
+    assert bool((m(x_adv2).argmax(1)[apgd["broken_by"] > 0] != y[apgd["broken_by"] > 0]).all())
+
+
+def test_autoattack_stage_settings(tiny_aa):
+    from ltadv.attacks.autoattack import autoattack_stages
+
+    m, x, y = tiny_aa
+    stages = autoattack_stages(m, 0.1, 4, seed=5, n_iter=3, n_queries=20)
+    assert [n for n, _ in stages] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    aa = next(c.cell_contents for c in stages[0][1].__closure__ if hasattr(c.cell_contents, "apgd"))
+    assert aa.apgd.n_iter == 3 and aa.apgd_targeted.n_iter == 3 and aa.fab.n_iter == 3 and not aa.apgd.verbose
+    assert aa.apgd_targeted.eps == 0.1 and aa.apgd_targeted.thr_decr == 0.75 and aa.apgd_targeted.seed == 5
+    assert aa.apgd.n_restarts == 1 and aa.apgd_targeted.n_restarts == 1
+    assert aa.apgd.eps == 0.1 and aa.apgd.norm == "Linf" and aa.apgd.thr_decr == 0.75 and aa.apgd.eot_iter == 1
+    assert aa.apgd_targeted.n_target_classes == 3 and aa.fab.n_target_classes == 3  # C - 1 with 4 classes
+    assert aa.square.n_queries == 20 and aa.epsilon == 0.1 and aa.seed == 5
+    for _, fn in stages:
+        fn(x[:2], y[:2])
+    assert aa.apgd.loss == "ce" and aa.apgd.seed == 5 and aa.apgd_targeted.seed == 5
+    assert aa.fab.targeted and aa.fab.n_restarts == 1 and aa.fab.seed == 5 and aa.square.seed == 5
+    full = autoattack_stages(nn.Sequential(nn.Flatten(), nn.Linear(12, 12)), 0.1, 12)
+    aa = next(c.cell_contents for c in full[0][1].__closure__ if hasattr(c.cell_contents, "apgd"))
+    assert aa.apgd.n_iter == 100 and aa.apgd_targeted.n_target_classes == 9 and aa.square.n_queries == 5000
