@@ -12,7 +12,7 @@ from ltadv.attacks import ATTACKS, autoattack, cw_loss, fgsm, scaled_ce_loss
 from ltadv.attacks.autoattack import AttackUnavailable, autoattack_stages, cascade_key, run_cascade
 from ltadv.config import load_config
 from ltadv.data import build_data
-from ltadv.evaluate import eps_sweep, predict, sanity_warnings
+from ltadv.evaluate import eps_sweep, sanity_warnings
 from ltadv.train import evaluate_run, load_run_model, train
 
 EPS = 0.1
@@ -74,36 +74,6 @@ def test_lsa_loss_scales_logits_and_fgsm_is_one_signed_step():
     xg = x.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(nn.functional.cross_entropy(model(xg), y, reduction="sum"), xg)
     assert torch.allclose(fgsm(model, x, y, 0.05), (x + 0.05 * grad.sign()).clamp(0, 1))
-
-
-def _rows_to_index(x, xb):
-    flat, fb = x.flatten(1), xb.flatten(1).cpu()
-    return [int(torch.nonzero((flat == r).all(1)).flatten()[0]) for r in fb]
-
-
-def test_cascade_attacks_only_still_robust_points_and_never_revives(at_run):
-    _, model, x, y = at_run
-    x, y = x[:40], y[:40]
-    seen = []
-
-    def strong(xb, yb):  # PGD at a large eps breaks many points
-        seen.append(("strong", _rows_to_index(x, xb)))
-        return ATTACKS["pgd20"](model, xb, yb, 0.3)
-
-    def identity(xb, yb):  # would "revive" broken points if flags were recomputed from scratch
-        seen.append(("identity", _rows_to_index(x, xb)))
-        return xb
-
-    res = run_cascade(model, x, y, [("strong", strong), ("identity", identity)], batch_size=16, log=quiet)
-    correct = predict(model, x) == y
-    broken_by_strong = res["broken_by"] == 1
-    assert broken_by_strong.any() and correct.any()
-    assert sorted(i for s, idx in seen if s == "strong" for i in idx) == torch.nonzero(correct).flatten().tolist()
-    identity_saw = [i for s, idx in seen if s == "identity" for i in idx]
-    assert not any(broken_by_strong[identity_saw]), "a later attack ran on a point an earlier one broke"
-    assert torch.equal(res["flags"], correct & ~broken_by_strong)
-    assert not (res["flags"] & ~correct).any()
-    assert res["stages"]["identity"] == res["stages"]["strong"] == pytest.approx(float(res["flags"].float().mean()))
 
 
 class Interrupt(Exception):
