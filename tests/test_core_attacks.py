@@ -134,6 +134,7 @@ def pgd_spy(monkeypatch):
     calls = []
 
     def fake(model, x, y, eps, alpha, steps, loss_fn=None, random_start=True, clamp_start=True):
+        assert model == "the model" and torch.equal(x, torch.zeros(1, 4)) and y.tolist() == [0]
         calls.append(dict(eps=eps, alpha=alpha, steps=steps, loss_fn=loss_fn, random_start=random_start,
                           clamp_start=clamp_start))
         return x
@@ -145,7 +146,7 @@ def pgd_spy(monkeypatch):
 def test_default_steps_and_starts(pgd_spy):
     x, y = torch.zeros(1, 4), torch.tensor([0])
     for name in ("pgd20", "cw", "lsa", "fgsm"):
-        ATTACKS[name](None, x, y, 0.08)
+        ATTACKS[name]("the model", x, y, 0.08)
     pgd20, cw, lsa, fgsm = pgd_spy
     assert pgd20 == dict(eps=0.08, alpha=pytest.approx(0.02), steps=20, loss_fn=None, random_start="uniform",
                          clamp_start=True)  # SPEC section 5: step eps / 4
@@ -157,8 +158,8 @@ def test_default_steps_and_starts(pgd_spy):
 def test_settings_change_step_and_start(pgd_spy):
     s = AttackSettings(alpha=0.0078, fgsm_init="normal", pgd_init="uniform_plus", clamp_start=False)
     x, y = torch.zeros(1, 4), torch.tensor([0])
-    ATTACKS["pgd20"](None, x, y, 0.03, settings=s)
-    ATTACKS["fgsm"](None, x, y, 0.03, settings=s)
+    ATTACKS["pgd20"]("the model", x, y, 0.03, settings=s)
+    ATTACKS["fgsm"]("the model", x, y, 0.03, settings=s)
     assert pgd_spy[0]["alpha"] == 0.0078 and pgd_spy[0]["random_start"] == "uniform_plus"
     assert pgd_spy[0]["clamp_start"] is False
     assert pgd_spy[1]["alpha"] == 0.03 and pgd_spy[1]["random_start"] == "normal" and pgd_spy[1]["clamp_start"] is False
@@ -410,3 +411,44 @@ def test_autoattack_stage_settings(tiny_aa):
     full = autoattack_stages(nn.Sequential(nn.Flatten(), nn.Linear(12, 12)), 0.1, 12)
     aa = next(c.cell_contents for c in full[0][1].__closure__ if hasattr(c.cell_contents, "apgd"))
     assert aa.apgd.n_iter == 100 and aa.apgd_targeted.n_target_classes == 9 and aa.square.n_queries == 5000
+
+
+class Flat(nn.Module):
+    """Logits = the input itself (no parameters): the loss alone decides the gradient."""
+
+    def forward(self, x):
+        return x
+
+
+def test_pgd_default_start_is_uniform_and_zero_gradient_keeps_it():
+    x = torch.full((2, 5000), 0.5)
+    out = pgd(Flat(), x, torch.tensor([0, 1]), eps=0.1, alpha=0.05, steps=1, loss_fn=lambda z, y: 0 * z.sum())
+    d = out - x  # zero gradient: the step adds nothing, the random start is all that moved
+    assert float(d.min()) < -0.09 and float(d.max()) > 0.09 and float(d.abs().max()) <= 0.1 + 1e-6
+    m = mim_mod.mim(Flat(), x, torch.tensor([0, 1]), eps=0.1, alpha=0.05, steps=1, loss_fn=lambda z, y: 0 * z.sum(),
+                    random_start="uniform")
+    assert float((m - x).min()) < -0.09 and float((m - x).max()) > 0.09
+
+
+def test_pgd_first_gradient_at_clamped_or_unclamped_start():
+    # x = 0, loss sum((z + eps/2)^2): where the unclamped start is below -eps/2 the first step goes down
+    x = torch.zeros(1, 20000)
+    loss = lambda z, y: ((z + 0.05) ** 2).sum()  # noqa: E731
+    clamped = pgd(Flat(), x, torch.tensor([0]), eps=0.1, alpha=0.025, steps=1, loss_fn=loss)
+    assert float(clamped.min()) >= 0.025 - 1e-6  # every start >= 0, every gradient positive
+    raw = pgd(Flat(), x, torch.tensor([0]), eps=0.1, alpha=0.025, steps=1, loss_fn=loss, clamp_start=False)
+    # starts below -alpha end at 0 after the projection: (0.1 - 0.025) / 0.2 = 37.5% of them
+    assert 0.35 < float((raw == 0).float().mean()) < 0.40
+
+
+def test_cw_loss_when_the_last_class_is_no_label():
+    z = torch.tensor([[2.0, 0.5, -1.0], [0.0, 3.0, 1.0]])
+    assert float(cw_loss(z, torch.tensor([0, 1]))) == pytest.approx(-(51.5 + 52.0))
+
+
+def test_mim_batch_of_two_normalises_per_sample():
+    model = linear(W)
+    x = torch.tensor([[0.5, 0.5, 0.5, 0.5], [0.2, 0.5, 0.5, 0.5]])
+    out = mim_mod.mim(model, x, torch.tensor([0, 1]), eps=0.1, alpha=0.03, steps=2)
+    assert out.tolist()[0] == pytest.approx([0.44, 0.56, 0.56, 0.56])
+    assert out.tolist()[1] == pytest.approx([0.26, 0.44, 0.44, 0.44])
