@@ -131,3 +131,73 @@ def test_check_model_meta_accepts_bounds_and_names_missing_keys():
         ck.check_model_meta({k: v for k, v in META.items() if k != "std"}, "x")
     with pytest.raises(CheckpointError, match=r"^x: model_meta is a list, not a mapping$"):
         ck.check_model_meta([], "x")
+
+
+def test_atomic_write_errors_become_one_save_error(tmp_path):
+    from ltadv.results import SaveError
+
+    p = tmp_path / "a" / "b" / "f.pt"  # two new folders: parents are made
+    names = []
+
+    def disk_full(tmp):
+        names.append(tmp)
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(SaveError, match=r"^cannot write .*f.pt: No space left on device; the previous version of "
+                                        r"the file is intact$") as e:
+        ck.atomic_write(p, disk_full)
+    assert e.value.errno == 28
+    assert names[0].startswith(str(p.parent / ".f.pt."))  # the temp file sits beside the target, hidden
+    assert list(p.parent.iterdir()) == []
+
+    def torch_wrapped(tmp):
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: No space left on device")
+
+    with pytest.raises(SaveError, match=r"^cannot write .*f.pt: No space left on device; the previous") as e:
+        ck.atomic_write(p, torch_wrapped)
+    assert e.value.errno == 28
+
+    def other_runtime(tmp):
+        raise RuntimeError("something else")
+
+    with pytest.raises(RuntimeError, match=r"^something else$"):
+        ck.atomic_write(p, other_runtime)
+
+    def removes_its_tmp(tmp):
+        import os
+
+        os.unlink(tmp)
+        raise KeyError("own error")
+
+    with pytest.raises(KeyError, match="own error"):  # not FileNotFoundError from the clean-up
+        ck.atomic_write(p, removes_its_tmp)
+
+
+def test_atomic_write_folder_that_cannot_be_made(tmp_path):
+    from ltadv.results import SaveError
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SaveError, match=r"^cannot write .*file/sub/f.pt: .*; the previous version"):
+        ck.atomic_write(tmp_path / "file" / "sub" / "f.pt", lambda tmp: None)
+
+
+def test_load_state_map_location_and_messages(tmp_path):
+    p = tmp_path / "s.pt"
+    ck.save_state(p, {"x": torch.ones(2)})
+    assert ck.load_state(p, map_location="meta")["x"].is_meta
+    assert ck.load_state(p)["x"].device.type == "cpu"
+    evil = tmp_path / "evil.pt"
+    torch.save({"x": Evil()}, evil)
+    with pytest.raises(CheckpointError, match=r"\(WeightsUnpickler error: Unsupported global: GLOBAL .*Evil was not "
+                                              r"an allowed global by default.*\); it was not written by ltadv$"):
+        ck.load_state(evil)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match=r"\(damaged or truncated\?\): UnpicklingError: Please file an issue"):
+        ck.load_state(bad)
+
+
+def test_mismatch_names_at_most_two():
+    assert ck._mismatch({"a": (1,), "b": (1,), "c": (1,)}, {}) == "missing ['a', 'b']"
+    assert ck._mismatch({}, {"a": (1,), "b": (1,), "c": (1,)}) == "unexpected ['a', 'b']"
+    assert ck._mismatch({"a": (1,)}, {"a": (1,)}) is None
