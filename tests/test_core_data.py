@@ -51,6 +51,7 @@ def test_ldam_counts_literals():
     assert ldam_counts(100.0, 6, 10, "step") == [100, 100, 100, 10, 10, 10]
     assert ldam_counts(100.0, 5, 10, "step") == [100, 100, 10, 10, 10]
     assert ldam_counts(2.0, 3, 10) == [2, 1, 1]  # never below one image
+    assert ldam_counts(5.0, 2, 100, "step") == [5, 1]
     with pytest.raises(ValueError, match=r"^unknown long-tail profile 'x'; choose exp or step$"):
         ldam_counts(10.0, 3, 2, "x")
 
