@@ -146,11 +146,14 @@ def report(modules: list[str], show_diffs: bool = True) -> bool:
         timeouts = sum(1 for v in live.values() if v in TIMEOUT)
         survived = sorted(k for k, v in live.items() if v in SURVIVED)
         no_tests = sorted(k for k, v in live.items() if v in NO_TESTS)
-        other = sorted(k for k, v in live.items() if v not in KILLED | TIMEOUT | SURVIVED | NO_TESTS)
-        score = (killed + timeouts) / len(live) if live else 1.0
+        unchecked = sum(1 for v in live.values() if v is None)  # an interrupted run
+        other = sorted(k for k, v in live.items() if v is not None and v not in KILLED | TIMEOUT | SURVIVED | NO_TESTS)
+        checked = len(live) - unchecked
+        score = (killed + timeouts) / checked if checked else 1.0
         secs = (WORK / module / "seconds.txt").read_text().strip() if (WORK / module / "seconds.txt").is_file() else "?"
-        all_ok &= score >= 0.9
-        rows.append((module, len(res), killed, timeouts, len(survived), len(no_tests), len(other), n_eq, score, secs))
+        all_ok &= score >= 0.9 and not unchecked
+        rows.append((module, len(res), killed, timeouts, len(survived), len(no_tests), len(other), n_eq, score, secs,
+                     unchecked))
         if survived or no_tests or other:
             print(f"\n-- {module}: {len(survived)} survived, {len(no_tests)} not covered by a test, {len(other)} other")
             names = survived + no_tests + other
@@ -162,14 +165,14 @@ def report(modules: list[str], show_diffs: bool = True) -> bool:
                     print(f"             {line}")
     print()
     print(f"{'module':16s} {'mutants':>7s} {'killed':>6s} {'timeout':>7s} {'survived':>8s} {'no test':>7s} "
-          f"{'other':>5s} {'equiv':>5s} {'score':>6s} {'seconds':>7s}")
+          f"{'other':>5s} {'equiv':>5s} {'score':>6s} {'seconds':>7s} {'unchecked':>9s}")
     for r in rows:
         if len(r) == 2:
             print(f"{r[0]:16s} {r[1]}")
         else:
             print(f"{r[0]:16s} {r[1]:7d} {r[2]:6d} {r[3]:7d} {r[4]:8d} {r[5]:7d} {r[6]:5d} {r[7]:5d} "
-                  f"{r[8]:6.1%} {r[9]:>7s}")
-    print("score = (killed + timeout) / (mutants - equivalent); target >= 90% per module")
+                  f"{r[8]:6.1%} {r[9]:>7s} {r[10]:9d}")
+    print("score = (killed + timeout) / (mutants - equivalent - unchecked); target >= 90% per module, none unchecked")
     return all_ok
 
 
