@@ -184,21 +184,37 @@ def test_sanity_warnings_thresholds_and_square():
         ["1 points are pgd20-robust but misclassified clean"]
 
 
-def test_eps_sweep_warnings(spy, monkeypatch):
-    acc = iter([0.5, 0.6, 0.2, 0.1])
+def _sweep(monkeypatch, values, n=200, **kw):
+    calls = []
+    seq = iter(values)
 
     def fake_flags(model, x, y, attacks, eps, batch_size=512):
-        a = next(acc)
-        n = 10
-        return {attacks[0]: torch.tensor([True] * round(a * n) + [False] * (n - round(a * n)))}
+        calls.append((model, x, y, attacks, eps, batch_size))
+        k = round(next(seq) * n)
+        return {attacks[0]: torch.tensor([True] * k + [False] * (n - k))}
 
     monkeypatch.setattr(ev, "robust_flags", fake_flags)
-    out = ev.eps_sweep(reader(), X, Y, 0.01, factors=(1, 2, 4, 8), attack="spy")
-    assert out["eps"] == pytest.approx([0.01, 0.02, 0.04, 0.08])
+    return ev.eps_sweep("model", X, Y, 0.01, **kw), calls
+
+
+def test_eps_sweep_warnings(monkeypatch):
+    out, calls = _sweep(monkeypatch, [0.5, 0.6, 0.2, 0.1], n=10, attack="spy")
+    assert out["attack"] == "spy" and out["eps"] == pytest.approx([0.01, 0.02, 0.04, 0.08])
     assert out["robust"] == pytest.approx([0.5, 0.6, 0.2, 0.1])
     assert out["warnings"] == [
         "spy accuracy rises with eps (0.500 at 0.01 -> 0.600 at 0.02)",
         "spy accuracy is still 0.100 at eps 0.08: it should fall to ~0 (gradient masking or a broken attack)"]
+    assert [c[4] for c in calls] == pytest.approx([0.01, 0.02, 0.04, 0.08])
+    assert all(c[0] == "model" and c[1] is X and c[2] is Y and c[3] == ["spy"] and c[5] == 512 for c in calls)
+
+
+def test_eps_sweep_thresholds_and_defaults(monkeypatch):
+    # a drop of 0.005 is no rise; a rise of 0.05 is; the last value 0 needs no warning
+    out, calls = _sweep(monkeypatch, [0.6, 0.595, 0.645, 0.0])
+    assert out["attack"] == "pgd20" and calls[0][3] == ["pgd20"]
+    assert out["warnings"] == ["pgd20 accuracy rises with eps (0.595 at 0.02 -> 0.645 at 0.04)"]
+    out, _ = _sweep(monkeypatch, [0.3, 0.1], factors=(1, 3), batch_size=7)
+    assert out["eps"] == pytest.approx([0.01, 0.03]) and out["warnings"][0].startswith("pgd20 accuracy is still 0.100")
 
 
 def test_merge_saved_flags(tmp_path):
