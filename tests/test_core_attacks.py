@@ -452,3 +452,20 @@ def test_mim_batch_of_two_normalises_per_sample():
     out = mim_mod.mim(model, x, torch.tensor([0, 1]), eps=0.1, alpha=0.03, steps=2)
     assert out.tolist()[0] == pytest.approx([0.44, 0.56, 0.56, 0.56])
     assert out.tolist()[1] == pytest.approx([0.26, 0.44, 0.44, 0.44])
+
+
+def test_autoattack_flags_take_correct_state_and_log(tiny_aa, tmp_path):
+    from ltadv.attacks.autoattack import aa_apgd_flags
+
+    m, x, y = tiny_aa
+    correct = torch.ones(16, dtype=torch.bool)
+    correct[1] = False  # declared misclassified: never attacked, whatever the model says
+    logs = []
+    res = aa_apgd_flags(m, x, y, 0.1, correct=correct, batch_size=500, state_path=tmp_path / "aa.pt", progress=True,
+                        log=logs.append)
+    assert int(res["broken_by"][1]) == 0 and (tmp_path / "aa.pt").is_file()
+    assert any(line.startswith("apgd-ce: ") for line in logs)  # progress lines go to the given log
+    state = torch.load(tmp_path / "aa.pt", weights_only=True)
+    assert isinstance(state["key"], str) and len(state["key"]) == 64  # the cascade fingerprint, not None
+    again = aa_apgd_flags(m, x, y, 0.1, correct=correct, state_path=tmp_path / "aa.pt", log=logs.append)
+    assert torch.equal(again["broken_by"], res["broken_by"])
