@@ -171,8 +171,8 @@ def test_sanity_warnings_thresholds_and_square():
     base = {"clean": acc(40), "pgd20": acc(20)}
     # fgsm equal to pgd20 (0.5), lsa 0.025 below (gap 0.05), aa_apgd 0.075 below (gap 0.10): no warning
     assert sanity_warnings({**base, "fgsm": acc(20), "lsa": acc(19), "aa_apgd": acc(17)}) == []
-    bad = {**base, "lsa": acc(17), "aa_apgd": acc(15), "fgsm": acc(19)}
-    assert [w.split(" ")[0] for w in sanity_warnings(bad)] == ["aa_apgd", "fgsm", "lsa"]
+    bad = {**base, "lsa": acc(17), "aa_apgd": acc(15), "fgsm": acc(19), "cw": acc(16)}
+    assert [w.split(" ")[0] for w in sanity_warnings(bad)] == ["aa_apgd", "fgsm", "lsa", "cw"]
     metrics = {"aa": {"stages": {"apgd-ce": 0.5, "apgd-t": 0.45, "square": 0.447}}}
     assert sanity_warnings(base, metrics) == [
         "the black-box Square attack lowered AutoAttack accuracy by 0.003 after the white-box attacks: "
