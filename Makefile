@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench gpu-check lint install docs
+.PHONY: demo test test-fast mutation bench gpu-check lint install docs
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -18,7 +18,15 @@ demo: $(STAMP)
 	$(VENV)/bin/ltadv run
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
+
+# The fast lane for local work: everything not marked slow.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not gpu" --durations=15
+
+# Mutation testing of the core (docs/mutation.md); long, not part of `make test`. MODULE=losses runs one.
+mutation: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) mutation/run.py $(MODULE)
 
 bench: $(STAMP)
 	$(VENV)/bin/ltadv bench --out benchmarks/results.json

@@ -86,3 +86,24 @@ def write_tiny_imagenet(root: Path, n_per_class_train: int = 2, seed: int = 0) -
         img.save(folder / "val" / "images" / f"val_{c}.JPEG")
         lines.append(f"val_{c}.JPEG\t{w}\t0\t0\t64\t64")
     (folder / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+
+
+# The fast lane (`make test-fast`, -m "not slow"): a test that trains a model, runs a training or
+# evaluation command, or uses a module fixture that trains one is slow, marked here so that new tests of
+# that kind join the slow lane without a decorator. Tests can still carry @pytest.mark.slow by hand.
+_SLOW_CALLS = ('main(["train"', 'main(["run"', 'main(["sweep"', 'main(["eval"', 'main(["posthoc"', "main(['train'",
+               "cli.main([\"train\"", "train(load_config", "train(cfg", "run_sweep(", "evaluate_run(", "_run_cli(")
+_SLOW_FIXTURES = {"at_run", "trained_digits", "trained", "folders", "run_dir", "tiny_run"}
+
+
+def pytest_collection_modifyitems(config, items):
+    import inspect
+
+    for item in items:
+        fn = getattr(item, "function", None)
+        try:
+            src = inspect.getsource(fn) if fn is not None else ""
+        except (OSError, TypeError):
+            src = ""
+        if any(c in src for c in _SLOW_CALLS) or _SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -245,7 +245,10 @@ def test_posthoc_tau_norm_and_lws_write_new_loadable_runs(tmp_path, capsys):
     assert len(rec["posthoc"]["scales"]["last"]) == 10
     lws = ltadv.load_model(tmp_path / "lws", "last")
     x = torch.rand(3, 1, 8, 8)
-    assert lws(x).shape == (3, 10)
+    g = torch.tensor(rec["posthoc"]["scales"]["last"])
+    assert not torch.allclose(g, torch.ones(10))  # one LWS epoch moved the scales off 1
+    with torch.no_grad():  # the saved model is the source's logits times the learned per-class scales
+        assert torch.allclose(lws(x), orig(x) * g, atol=1e-5)
     assert _digest(src) == before  # the source run is untouched
     runs = [(d, json.loads((d / "result.json").read_text())) for d in (src, tmp_path / "tn", tmp_path / "lws")]
     assert len(group_runs(runs)) == 3  # the report keeps post-hoc variants apart from their source

@@ -20,12 +20,13 @@ import torch
 from safetensors.torch import load_file
 
 import ltadv
+from ltadv.build import autocast_for, memory_layouts
 from ltadv.config import load_config
 from ltadv.evaluate import robust_flags
 from ltadv.fast import EvalView, eval_view
 from ltadv.methods import METHODS
 from ltadv.models import build_model
-from ltadv.train import autocast_for, memory_layouts, train, train_step
+from ltadv.train import train, train_step
 
 CUDA = pytest.param("cuda", marks=[pytest.mark.gpu,
                                    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")])

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ltadv.losses import balanced_softmax_loss, cross_entropy, trades_kl
+from ltadv.losses import balanced_softmax_loss, cross_entropy
 
 
 def test_bsl_equals_hand_computed():
@@ -42,13 +42,3 @@ def test_soft_targets_equal_hard_when_one_hot():
     assert torch.allclose(cross_entropy(logits, onehot), cross_entropy(logits, y), atol=1e-6)
     assert torch.allclose(balanced_softmax_loss(logits, onehot, counts, 1.3),
                           balanced_softmax_loss(logits, y, counts, 1.3), atol=1e-6)
-
-
-def test_trades_kl_hand_computed():
-    zc = torch.tensor([[0.0, 1.0]])
-    za = torch.tensor([[1.0, 0.0]])
-    p = torch.softmax(zc, 1)[0]
-    q = torch.softmax(za, 1)[0]
-    expected = float((p * (p / q).log()).sum())
-    assert float(trades_kl(zc, za)) == pytest.approx(expected, rel=1e-6)
-    assert float(trades_kl(zc, zc)) == pytest.approx(0.0, abs=1e-7)

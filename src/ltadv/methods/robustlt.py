@@ -58,7 +58,7 @@ def classwise_pgd(model, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, ep
         for _ in range(steps):
             x_adv.requires_grad_(True)
             (grad,) = torch.autograd.grad(ce_loss(model(x_adv), y), x_adv)
-            x_adv = project_linf(x_adv.detach() + step * grad.sign(), x, e)
+            x_adv = project_linf(x_adv.detach() + step * grad.sign(), x, eps.to(x.dtype))  # per-sample [N]
     return x_adv.detach()
 
 

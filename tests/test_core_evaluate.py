@@ -1,0 +1,231 @@
+"""Evaluation on a crafted model and a spy attack: which points are attacked, flags, groups, summaries.
+
+The model reads its two logits straight from the first two input features; the spy attack swaps them
+(so the point flips class) only where the third feature is 1, and records which points it was given.
+"""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn as nn
+
+from ltadv import evaluate as ev
+from ltadv.attacks import ATTACKS, AttackSettings
+from ltadv.evaluate import class_groups, evaluate, robust_flags, sanity_warnings, summarize
+
+# rows: (logit 0, logit 1, marker); y below
+X = torch.tensor([
+    [0.9, 0.1, 1.0],  # y 0: clean correct, broken by the spy
+    [0.2, 0.8, 0.0],  # y 1: clean correct, robust
+    [0.3, 0.7, 1.0],  # y 0: clean WRONG; the spy's swap would make it correct
+    [0.6, 0.4, 0.0],  # y 1: clean wrong
+    [0.7, 0.3, 0.0],  # y 0: clean correct, robust
+])
+Y = torch.tensor([0, 1, 0, 1, 0])
+
+
+def reader():
+    m = nn.Linear(3, 2, bias=False)
+    with torch.no_grad():
+        m.weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+    return m
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    seen = {"rows": [], "settings": []}
+
+    def attack(model, x, y, eps, settings=None):
+        seen["rows"] += [tuple(r) for r in x.tolist()]
+        seen["settings"].append(settings)
+        out = x.clone()
+        hit = x[:, 2] > 0.5
+        out[hit, 0], out[hit, 1] = x[hit, 1], x[hit, 0]
+        return out
+
+    monkeypatch.setitem(ATTACKS, "spy", attack)
+    return seen
+
+
+def test_class_groups_ties_and_odd_c():
+    # C = 7; sorted by count, ties by index: 1, 6 (50) | 3, 5 (20), 0 (5) | 2 (5), 4 (1); round(7/3) = 2
+    counts = [5, 50, 5, 20, 1, 20, 50]
+    assert class_groups(counts) == {"head": [1, 6], "medium": [0, 3, 5], "tail": [2, 4]}
+
+
+def test_class_groups_fractions_and_small_c():
+    assert class_groups([3, 9, 1, 4, 2], head_frac=0.2, tail_frac=0.6) == \
+        {"head": [1], "medium": [3], "tail": [0, 2, 4]}
+    assert class_groups([4, 10, 1, 7], head_frac=0.5, tail_frac=0.5) == {"head": [1, 3], "medium": [], "tail": [0, 2]}
+    assert class_groups([7]) == {"head": [0], "medium": [], "tail": []}
+    assert class_groups([2, 9]) == {"head": [1], "medium": [], "tail": [0]}
+    # tiny fractions still give one head and one tail class; the tail never eats the head
+    assert class_groups([1, 2, 3, 4], head_frac=0.01, tail_frac=0.01) == \
+        {"head": [3], "medium": [1, 2], "tail": [0]}
+    assert class_groups([1, 2, 3], head_frac=0.67, tail_frac=0.67) == {"head": [1, 2], "medium": [], "tail": [0]}
+
+
+def test_summarize_hand_numbers():
+    flags = torch.tensor([1, 0, 1, 1, 0, 0, 1], dtype=torch.bool)
+    y = torch.tensor([0, 0, 0, 1, 1, 3, 3])  # class 2 absent
+    groups = {"head": [0], "medium": [1, 2], "tail": [3]}
+    s = summarize(flags, y, 4, groups)
+    assert s["overall"] == pytest.approx(4 / 7)
+    assert s["per_class"][:2] == pytest.approx([2 / 3, 1 / 2]) and math.isnan(s["per_class"][2])
+    assert s["per_class"][3] == pytest.approx(1 / 2)
+    assert s["balanced"] == pytest.approx((2 / 3 + 1 / 2 + 1 / 2) / 3)
+    assert s["worst"] == pytest.approx(1 / 2)
+    assert s["n"] == 7 and s["per_class_n"] == [3, 2, 0, 2]
+    assert s["head"] == pytest.approx(2 / 3) and s["medium"] == pytest.approx(1 / 2) and s["tail"] == pytest.approx(0.5)
+
+
+def test_summarize_empty_group_and_no_points():
+    s = summarize(torch.tensor([True]), torch.tensor([0]), 2, {"head": [0], "tail": [1]})
+    assert s["head"] == 1.0 and math.isnan(s["tail"])
+    e = summarize(torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.long), 2, {"head": [0]})
+    assert math.isnan(e["overall"]) and math.isnan(e["balanced"]) and math.isnan(e["worst"]) and math.isnan(e["head"])
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_misclassified_points_are_not_attacked(spy, fast):
+    model = reader().train()
+    flags = robust_flags(model, X, Y, ["clean", "spy"], 0.1, batch_size=2, fast=fast)
+    assert flags["clean"].tolist() == [True, True, False, False, True]
+    assert flags["spy"].tolist() == [False, True, False, False, True]
+    assert sorted(spy["rows"]) == sorted(tuple(r) for r in X[[0, 1, 4]].tolist())
+    assert model.training  # mode restored
+
+
+def test_attack_misclassified_attacks_every_point(spy):
+    opts = SimpleNamespace(attack_misclassified=True, alpha=0.01)
+    flags = robust_flags(reader(), X, Y, ["spy"], 0.1, batch_size=3, settings=opts)
+    assert flags["spy"].tolist() == [False, True, True, False, True]  # point 2 is counted robust, as the scripts do
+    assert sorted(spy["rows"]) == sorted(tuple(r) for r in X.tolist())
+    assert all(s == AttackSettings(alpha=0.01) for s in spy["settings"])
+
+
+def test_settings_reach_the_attack_and_details_time(spy):
+    details = {}
+    robust_flags(reader(), X, Y, ["spy"], 0.1, settings=SimpleNamespace(pgd_init="normal"), details=details)
+    assert spy["settings"] == [AttackSettings(pgd_init="normal")]
+    assert details["spy"]["seconds"] >= 0 and set(details) == {"spy"}
+
+
+def test_evaluate_summaries_groups_and_outputs(spy, monkeypatch):
+    def cascade(model, x, y, eps, settings=None):
+        raise AssertionError("evaluation must use flags_fn")
+
+    def flags_fn(model, x, y, eps, correct, batch_size, progress, state_path):
+        return {"flags": correct & torch.tensor([False, False, False, False, True]), "seconds": 1.5,
+                "stages": {"a": 0.4, "b": 0.2}}
+
+    cascade.flags_fn = flags_fn
+    monkeypatch.setitem(ATTACKS, "casc", cascade)
+    flags_out, seconds_out = {}, {}
+    counts = [10, 2]  # class 0 head, class 1 tail
+    res = evaluate(reader(), X, Y, ["spy", "casc"], 0.1, counts, batch_size=2, flags_out=flags_out,
+                   seconds_out=seconds_out)
+    assert list(res) == ["spy", "casc"]  # clean only when asked for
+    assert res["spy"]["per_class"] == pytest.approx([1 / 3, 1 / 2])
+    assert res["spy"]["head"] == pytest.approx(1 / 3) and res["spy"]["tail"] == pytest.approx(1 / 2)
+    assert res["casc"]["overall"] == pytest.approx(1 / 5) and res["casc"]["stages"] == {"a": 0.4, "b": 0.2}
+    assert "stages" not in res["spy"]
+    assert flags_out["casc"].tolist() == [False, False, False, False, True]
+    assert seconds_out["casc"] == 1.5 and set(seconds_out) == {"spy", "casc"}
+    res2 = evaluate(reader(), X, Y, ["clean"], 0.1, counts)
+    assert list(res2) == ["clean"] and res2["clean"]["overall"] == pytest.approx(3 / 5)
+
+
+def test_evaluate_default_group_fractions(spy):
+    counts = [9, 8, 7, 6, 5, 4]  # thirds: head 0, 1; tail 4, 5
+    x = torch.tensor([[0.9, 0.1, 0.0]] * 6)
+    y = torch.tensor([0, 1, 0, 1, 0, 1])
+    res = evaluate(reader(), x, y, ["clean"], 0.1, counts)
+    # every point predicted 0: class 0 at 1.0, class 1 at 0.0, classes 2-5 absent (NaN)
+    assert res["clean"]["head"] == pytest.approx(0.5)
+    assert math.isnan(res["clean"]["tail"])
+
+
+def test_sanity_warnings_messages():
+    clean = torch.tensor([True, True, False, True])
+    flags = {"clean": clean, "pgd20": torch.tensor([True, False, True, False]),
+             "aa": torch.tensor([False, True, False, False]), "fgsm": torch.tensor([False, False, False, False]),
+             "lsa": torch.tensor([False, False, False, False]), "cw": torch.tensor([True, True, False, False])}
+    out = sanity_warnings(flags)
+    assert "1 points are pgd20-robust but misclassified clean" in out
+    assert "1 points are aa-robust but broken by pgd20 (aa missed points a weaker attack found)" in out
+    assert "fgsm accuracy 0.000 is below pgd20 0.500: a single step beats 20, a sign of gradient masking" in out
+    assert "lsa accuracy 0.000 is far below pgd20 0.500: cross-entropy gradients look masked" in out
+    assert "aa accuracy 0.250 is far below pgd20 0.500: PGD-20 overstates robustness (gradient masking?)" in out
+    assert not any(w.startswith("cw") for w in out)  # 0.5, not below pgd20
+    assert len(out) == 5
+
+
+def test_sanity_warnings_thresholds_and_square():
+    t, f = True, False
+    def acc(k):
+        return torch.tensor([t] * k + [f] * (40 - k))
+
+    base = {"clean": acc(40), "pgd20": acc(20)}
+    # fgsm equal to pgd20 (0.5), lsa 0.025 below (gap 0.05), aa_apgd 0.075 below (gap 0.10): no warning
+    assert sanity_warnings({**base, "fgsm": acc(20), "lsa": acc(19), "aa_apgd": acc(17)}) == []
+    bad = {**base, "lsa": acc(17), "aa_apgd": acc(15), "fgsm": acc(19), "cw": acc(16)}
+    assert [w.split(" ")[0] for w in sanity_warnings(bad)] == ["aa_apgd", "fgsm", "lsa", "cw"]
+    metrics = {"aa": {"stages": {"apgd-ce": 0.5, "apgd-t": 0.45, "square": 0.447}}}
+    assert sanity_warnings(base, metrics) == [
+        "the black-box Square attack lowered AutoAttack accuracy by 0.003 after the white-box attacks: "
+        "gradient masking likely"]
+    metrics = {"aa": {"stages": {"apgd-ce": 0.5, "apgd-t": 0.45, "square": 0.449}}}
+    assert sanity_warnings(base, metrics) == []  # within AutoAttack's 0.002
+    assert sanity_warnings(base, {"aa": {"stages": {"square": 0.1}}}) == []  # nothing to compare with
+    assert sanity_warnings({"clean": torch.tensor([t, f]), "pgd20": torch.tensor([t, t])}) == \
+        ["1 points are pgd20-robust but misclassified clean"]
+
+
+def _sweep(monkeypatch, values, n=200, **kw):
+    calls = []
+    seq = iter(values)
+
+    def fake_flags(model, x, y, attacks, eps, batch_size=512):
+        calls.append((model, x, y, attacks, eps, batch_size))
+        k = round(next(seq) * n)
+        return {attacks[0]: torch.tensor([True] * k + [False] * (n - k))}
+
+    monkeypatch.setattr(ev, "robust_flags", fake_flags)
+    return ev.eps_sweep("model", X, Y, 0.01, **kw), calls
+
+
+def test_eps_sweep_warnings(monkeypatch):
+    out, calls = _sweep(monkeypatch, [0.5, 0.6, 0.2, 0.1], n=10, attack="spy")
+    assert out["attack"] == "spy" and out["eps"] == pytest.approx([0.01, 0.02, 0.04, 0.08])
+    assert out["robust"] == pytest.approx([0.5, 0.6, 0.2, 0.1])
+    assert out["warnings"] == [
+        "spy accuracy rises with eps (0.500 at 0.01 -> 0.600 at 0.02)",
+        "spy accuracy is still 0.100 at eps 0.08: it should fall to ~0 (gradient masking or a broken attack)"]
+    assert [c[4] for c in calls] == pytest.approx([0.01, 0.02, 0.04, 0.08])
+    assert all(c[0] == "model" and c[1] is X and c[2] is Y and c[3] == ["spy"] and c[5] == 512 for c in calls)
+
+
+def test_eps_sweep_thresholds_and_defaults(monkeypatch):
+    # a drop of 0.005 is no rise; a rise of 0.05 is; the last value 0 needs no warning
+    out, calls = _sweep(monkeypatch, [0.6, 0.595, 0.645, 0.0])
+    assert out["attack"] == "pgd20" and calls[0][3] == ["pgd20"]
+    assert out["warnings"] == ["pgd20 accuracy rises with eps (0.595 at 0.02 -> 0.645 at 0.04)"]
+    out, _ = _sweep(monkeypatch, [0.3, 0.1], factors=(1, 3), batch_size=7)
+    assert out["eps"] == pytest.approx([0.01, 0.03]) and out["warnings"][0].startswith("pgd20 accuracy is still 0.100")
+
+
+def test_merge_saved_flags(tmp_path):
+    path = tmp_path / "flags.pt"
+    a = ev.merge_saved_flags(path, "k1", {"pgd20": torch.tensor([True, False])})
+    assert set(a) == {"pgd20"}
+    b = ev.merge_saved_flags(path, "k1", {"fgsm": torch.tensor([1, 1])})
+    assert set(b) == {"pgd20", "fgsm"} and b["fgsm"].dtype == torch.bool and b["pgd20"].tolist() == [True, False]
+    c = ev.merge_saved_flags(path, "k2", {"cw": torch.tensor([False, False])})  # other key: earlier flags dropped
+    assert set(c) == {"cw"}
+    d = ev.merge_saved_flags(path, "k2", {"lsa": torch.tensor([False, False, True])})  # other length: dropped
+    assert set(d) == {"lsa"}
+    path.write_bytes(b"not a checkpoint")
+    assert set(ev.merge_saved_flags(path, "k2", {"x": torch.tensor([True])})) == {"x"}
