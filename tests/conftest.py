@@ -32,6 +32,29 @@ def write_cifar10(root: Path, n_per_class_train: int = 12, n_per_class_test: int
     return {"xtr": xtr, "ytr": ytr, "xte": xte, "yte": yte}
 
 
+def clean_digits_model(epochs: int):
+    """(eval-mode small CNN trained cleanly on digits-lt for ``epochs`` epochs with Adam, the data): a model
+    the attack tests can break and not break (seconds on CPU)."""
+    import torch.nn as nn
+
+    from ltadv.config import load_config
+    from ltadv.data import build_data
+    from ltadv.models import build_model
+
+    torch.manual_seed(0)
+    d = build_data(load_config(overrides={"data.name": "digits-lt"}).data, 0)
+    model = build_model("small_cnn", 10, 1, d.mean, d.std)
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    x, y = d.x_train.float() / 255, d.y_train
+    for _ in range(epochs):
+        for i in range(0, len(y), 64):
+            loss = nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval(), d
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models run fastest on one thread, and a shared CPU does not thrash (opt in per module with

@@ -1,30 +1,15 @@
 import pytest
 import torch
-import torch.nn as nn
 
+from conftest import clean_digits_model
 from ltadv.attacks import ATTACKS, pgd, project_linf
-from ltadv.config import load_config
-from ltadv.data import build_data
 from ltadv.evaluate import predict
-from ltadv.models import build_model
 
 
 @pytest.fixture(scope="module")
 def trained_digits():
     """A small CNN trained cleanly on digits-lt for a few epochs (seconds on CPU)."""
-    torch.manual_seed(0)
-    cfg = load_config(overrides={"data.name": "digits-lt"})
-    d = build_data(cfg.data, 0)
-    model = build_model("small_cnn", 10, 1, d.mean, d.std)
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    x, y = d.x_train.float() / 255, d.y_train
-    for _ in range(40):
-        for i in range(0, len(y), 64):
-            loss = nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
+    model, d = clean_digits_model(40)
     return model, d.x_test.float() / 255, d.y_test
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from conftest import clean_digits_model
 from ltadv.attacks import (
     ATTACKS,
     AttackSettings,
@@ -20,11 +21,9 @@ from ltadv.attacks import (
 )
 from ltadv.cli import main
 from ltadv.config import ConfigError, load_config
-from ltadv.data import build_data
 from ltadv.evaluate import predict
 from ltadv.methods import METHODS
 from ltadv.methods.cfa import cfa_class_beta, cfa_class_eps, class_accuracy
-from ltadv.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,19 +35,7 @@ def l2(d: torch.Tensor) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def digits_model():
     """A small CNN trained cleanly on digits-lt (seconds on CPU)."""
-    torch.manual_seed(0)
-    cfg = load_config(overrides={"data.name": "digits-lt"})
-    d = build_data(cfg.data, 0)
-    model = build_model("small_cnn", 10, 1, d.mean, d.std)
-    opt = torch.optim.Adam(model.parameters(), 3e-3)
-    x, y = d.x_train.float() / 255, d.y_train
-    for _ in range(30):
-        for i in range(0, len(y), 64):
-            loss = nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
+    model, d = clean_digits_model(30)
     return model, d.x_test[:96].float() / 255, d.y_test[:96]
 
 
