@@ -133,8 +133,9 @@ def test_frozen_params_restores_only_trainable():
 def pgd_spy(monkeypatch):
     calls = []
 
-    def fake(model, x, y, eps, alpha, steps, loss_fn=None, random_start=True, clamp_start=True):
+    def fake(model, x, y, eps, alpha, steps, loss_fn=None, random_start=True, clamp_start=True, norm="linf"):
         assert model == "the model" and torch.equal(x, torch.zeros(1, 4)) and y.tolist() == [0]
+        assert norm == "linf"  # the default threat model
         calls.append(dict(eps=eps, alpha=alpha, steps=steps, loss_fn=loss_fn, random_start=random_start,
                           clamp_start=clamp_start))
         return x
@@ -170,7 +171,7 @@ def test_mim_defaults(monkeypatch):
     monkeypatch.setattr(mim_mod, "mim", lambda *a, **k: calls.append(k) or a[1])
     ATTACKS["mim"](None, torch.zeros(1, 4), torch.tensor([0]), 0.08)
     assert calls[0] == dict(eps=0.08, alpha=pytest.approx(0.02), steps=20, mu=1.0, random_start="zero",
-                            clamp_start=True)
+                            clamp_start=True, norm="linf")
 
 
 def test_attack_settings_validation_and_of():
@@ -305,7 +306,7 @@ def test_cascade_state_is_reused_and_key_checked(tmp_path):
     other = run_cascade(reader4(), XC, YC, stages, batch_size=2, state_path=path, key="other", log=logs.append)
     assert torch.equal(other["flags"], first["flags"])
     assert logs == [f"attack state {path} belongs to other weights, data or settings; starting again"]
-    with pytest.raises(ValueError, match=r"^return_adv is only available without a state file$"):
+    with pytest.raises(ValueError, match=r"^return_adv is only available without a state file, in one process$"):
         run_cascade(reader4(), XC, YC, stages, state_path=path, return_adv=True, log=quiet)
 
 

@@ -188,7 +188,7 @@ def _sweep(monkeypatch, values, n=200, **kw):
     calls = []
     seq = iter(values)
 
-    def fake_flags(model, x, y, attacks, eps, batch_size=512):
+    def fake_flags(model, x, y, attacks, eps, batch_size=512, shard=None, settings=None):
         calls.append((model, x, y, attacks, eps, batch_size))
         k = round(next(seq) * n)
         return {attacks[0]: torch.tensor([True] * k + [False] * (n - k))}

@@ -106,7 +106,8 @@ def test_robal_scale_in_loss_and_switches():
 def pgd_spy(monkeypatch):
     calls = []
 
-    def fake(model, x, y, eps, alpha, steps, loss_fn=None, random_start=True, clamp_start=True):
+    def fake(model, x, y, eps, alpha, steps, loss_fn=None, random_start=True, clamp_start=True, norm="linf"):
+        assert norm == "linf"  # the default threat model
         calls.append(dict(y=y, eps=eps, alpha=alpha, steps=steps, loss_fn=loss_fn, random_start=random_start,
                           clamp_start=clamp_start))
         return x + 1
