@@ -34,8 +34,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint as ckpt
-from . import reproducibility, threat
-from .evaluate import robust_flags, summarize
+from . import reproducibility
 
 CHECKPOINTS = ("ema_best", "ema_last")
 
@@ -111,16 +110,6 @@ class WeightEMA:
         ckpt.load_matching(self.model, state["model"], source)
         self.steps, self.best_score = int(state["steps"]), float(state["best_score"])
         self.best_epoch, self.epochs = state["best_epoch"], list(state["epochs"])
-
-
-def val_scores(model: torch.nn.Module, x_sel, y_sel, eps: float, num_classes: int, groups: dict, cfg) -> dict:
-    """The per-epoch selection scores of ``model`` (as the loop's own: clean and ``eval.val_attack``)."""
-    flags = robust_flags(model, x_sel, y_sel, [cfg.eval.val_attack], eps, cfg.eval.batch_size,
-                         settings=threat.eval_settings(cfg))  # the run's threat model (L-inf or L2)
-    clean = summarize(flags["clean"], y_sel, num_classes, groups)
-    robust = summarize(flags[cfg.eval.val_attack], y_sel, num_classes, groups)
-    return {"val_clean": clean["overall"], "val_robust": robust["overall"],
-            "val_robust_balanced": robust["balanced"], "val_robust_tail": robust["tail"]}
 
 
 def build(cfg, model: torch.nn.Module) -> WeightEMA | None:

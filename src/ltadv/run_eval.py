@@ -95,7 +95,7 @@ def _evaluate_run(run_dir: Path, attacks, checkpoints, n, data, device, log, swe
         run_n = min(run_n, cfg.eval.max_batches * cfg.eval.batch_size)
     n = min(n, len(y)) if n is not None else run_n
     x, y = x[:n], y[:n]
-    run_eps = cfg.attack.eps if cfg.eval.eps is None else cfg.eval.eps
+    run_eps = threat.eval_eps(cfg)
     eps = run_eps if eps_override is None else float(eps_override)
     # else: an entry of its own, the headline numbers stay
     headline = n == run_n and eps == run_eps and norm == run_norm

@@ -261,18 +261,29 @@ class EpochCosts:
 def validate(run: TrainingRun, epoch1: int) -> tuple[dict, dict]:
     """(clean, robust) summaries on the selection split after 1-based epoch ``epoch1``; Nones when that
     epoch is not evaluated (before ``eval.select_from``, or selection is the last epoch)."""
-    cfg = run.cfg
-    if not selects_at(cfg, epoch1):
+    if not selects_at(run.cfg, epoch1):
         none = {"overall": None, "balanced": None, "tail": None}
         return none, none
-    eps = cfg.attack.eps if cfg.eval.eps is None else cfg.eval.eps
-    model = inference_model(run.model, cfg, run.data.class_counts, run.record["model_meta"]["head"])
-    flags = robust_flags(model, run.x_sel, run.y_sel, [cfg.eval.val_attack], eps, cfg.eval.batch_size,
-                         settings=threat.eval_settings(cfg),
+    return selection_scores(run, run.model)
+
+
+def selection_scores(run: TrainingRun, weights: torch.nn.Module) -> tuple[dict, dict]:
+    """(clean, robust) summaries of ``weights`` (the trained model or its weight average) on the selection
+    split, as the model predicts at test time, with ``eval.val_attack`` in the run's threat model."""
+    cfg = run.cfg
+    model = inference_model(weights, cfg, run.data.class_counts, run.record["model_meta"]["head"])
+    flags = robust_flags(model, run.x_sel, run.y_sel, [cfg.eval.val_attack], threat.eval_eps(cfg),
+                         cfg.eval.batch_size, settings=threat.eval_settings(cfg),
                          shard=Shard(run.dctx.rank, run.dctx.world_size))  # DDP: each rank its batches
     n_cls = run.data.num_classes
     return (summarize(flags["clean"], run.y_sel, n_cls, run.groups),
             summarize(flags[cfg.eval.val_attack], run.y_sel, n_cls, run.groups))
+
+
+def val_fields(clean: dict, robust: dict) -> dict:
+    """The selection scores of an epoch row (and of the weight average's row)."""
+    return {"val_clean": clean["overall"], "val_robust": robust["overall"],
+            "val_robust_balanced": robust["balanced"], "val_robust_tail": robust["tail"]}
 
 
 def epoch_row(run: TrainingRun, epoch: int, train: dict, costs: dict, eval_seconds: float,
@@ -291,10 +302,7 @@ def epoch_row(run: TrainingRun, epoch: int, train: dict, costs: dict, eval_secon
         "eval_peak_mem_mb": peak_memory_mb(run.device),
         "forward_passes": costs["forward_passes"],
         "batches": train["batches"],  # this process's batches (re-sampling, DDP shards, drop_last)
-        "val_clean": val[0]["overall"],
-        "val_robust": val[1]["overall"],
-        "val_robust_balanced": val[1]["balanced"],
-        "val_robust_tail": val[1]["tail"],
+        **val_fields(*val),
         **run.method.epoch_info(),  # e.g. CFA's per-class eps
     }
 
@@ -331,13 +339,10 @@ def save_epoch(run: TrainingRun, epoch: int, row: dict) -> None:
 
 def ema_scorer(run: TrainingRun, epoch1: int):
     """The weight average's selection-split scores after ``epoch1`` (None when that epoch is not evaluated)."""
-    cfg = run.cfg
-    if not selects_at(cfg, epoch1):
+    if not selects_at(run.cfg, epoch1):
         return None
-    eps = cfg.attack.eps if cfg.eval.eps is None else cfg.eval.eps
-    head = run.record["model_meta"]["head"]
-    return lambda m: weight_ema.val_scores(inference_model(m, cfg, run.data.class_counts, head), run.x_sel,
-                                           run.y_sel, eps, run.data.num_classes, run.groups, cfg)
+
+    return lambda average: val_fields(*selection_scores(run, average))  # the same scores as the raw weights' row
 
 
 def epoch_line(cfg: Config, row: dict) -> str:

@@ -20,6 +20,11 @@ def eval_norm(cfg: Config) -> str:
     return cfg.eval.norm or cfg.attack.norm
 
 
+def eval_eps(cfg: Config) -> float:
+    """The radius of the test (and selection) attacks: ``eval.eps``, else the training ``attack.eps``."""
+    return cfg.attack.eps if cfg.eval.eps is None else cfg.eval.eps
+
+
 def eval_settings(cfg: Config, norm: str | None = None):
     """The run's ``cfg.eval`` with the norm resolved (``norm``, else :func:`eval_norm`): what
     :func:`ltadv.evaluate.robust_flags` takes as ``settings`` (its attack fields become an
@@ -58,4 +63,4 @@ def describe(cfg: Config) -> dict:
     if cfg.attack.class_eps:
         train["class_eps"] = list(cfg.attack.class_eps)
     return {"train": train, "eval": {"norm": eval_norm(cfg),
-                                     "eps": cfg.attack.eps if cfg.eval.eps is None else cfg.eval.eps}}
+                                     "eps": eval_eps(cfg)}}
