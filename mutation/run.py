@@ -31,8 +31,8 @@ EQUIVALENT = ROOT / "mutation" / "equivalent.txt"
 # module -> (files to mutate, fast test files that exercise them)
 MODULES: dict[str, tuple[list[str], list[str]]] = {
     "losses": (["src/ltadv/losses.py"], ["tests/test_losses.py", "tests/test_core_losses.py"]),
-    "losses_lt": (["src/ltadv/losses_lt.py"], ["tests/test_lt_fidelity.py", "tests/test_baselines.py",
-                                              "tests/test_core_methods.py"]),
+    "losses_lt": (["src/ltadv/losses_lt.py"], ["tests/test_core_losses_lt.py", "tests/test_lt_fidelity.py",
+                                              "tests/test_baselines.py", "tests/test_core_methods.py"]),
     "attacks": (["src/ltadv/attacks/__init__.py", "src/ltadv/attacks/mim.py"], ["tests/test_core_attacks.py"]),
     "autoattack": (["src/ltadv/attacks/autoattack.py"], ["tests/test_core_attacks.py"]),
     "evaluate": (["src/ltadv/evaluate.py"], ["tests/test_core_evaluate.py"]),
