@@ -170,3 +170,24 @@ def test_boosted_cross_entropy_when_last_class_never_wins():
     p = torch.softmax(z.double(), 1)
     expected = [float(-p[0, 3].log() - (1 + 1e-4 - p[0, 0]).log()), float(-p[1, 1].log() - (1 + 1e-4 - p[1, 2]).log())]
     assert boosted_cross_entropy(z, torch.tensor([3, 1]), reduction="none").tolist() == approx(expected)
+
+
+# --- devices: the count-based biases and margins follow the logits' device ---------------------------------
+# The meta device stands in for CUDA on a CPU-only machine: an op mixing a meta and a CPU tensor raises, as a
+# CUDA op with a CPU operand would. Counts come as a Python list (they are built on the CPU).
+
+def test_log_counts_and_margins_land_on_the_requested_device():
+    assert log_counts([5, 3, 1], device="meta").device.type == "meta"
+    assert class_aware_margin([5, 3, 1], device="meta").device.type == "meta"
+    # on the CPU the same calls give the numbers: log 5, log 3, 0; m_i = (0.3 / 10) log(n_i / 1) + 0.1
+    assert log_counts([5, 3, 1]).tolist() == pytest.approx([math.log(5), math.log(3), 0.0])
+    assert class_aware_margin([5, 3, 1]).tolist() == pytest.approx(
+        [0.03 * math.log(5) + 0.1, 0.03 * math.log(3) + 0.1, 0.1])
+
+
+@pytest.mark.parametrize("margin,bsl", [(True, True), (True, False), (False, True)])
+def test_count_terms_follow_the_logits_device(margin, bsl):
+    z = torch.zeros(3, 3, device="meta")
+    y = torch.tensor([0, 2, 1], device="meta")
+    assert balanced_softmax_loss(z, y, [5, 3, 1]).device.type == "meta"  # raises on a device mix
+    assert robal_loss(z, y, [5, 3, 1], logits_clean=z, margin=margin, bsl=bsl).device.type == "meta"

@@ -12,10 +12,10 @@ import torch.nn.functional as F
 
 def log_counts(class_counts, device=None) -> torch.Tensor:
     """log n_i as a float tensor (the balanced-softmax bias before tau_b)."""
-    counts = torch.as_tensor(class_counts, dtype=torch.float32, device=device)
+    counts = torch.as_tensor(class_counts, dtype=torch.float32)  # checked where it is (no device sync for a list)
     if (counts <= 0).any():
         raise ValueError("every class count must be >= 1")
-    return counts.log()
+    return counts.log().to(device)
 
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
