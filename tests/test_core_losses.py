@@ -191,3 +191,9 @@ def test_count_terms_follow_the_logits_device(margin, bsl):
     y = torch.tensor([0, 2, 1], device="meta")
     assert balanced_softmax_loss(z, y, [5, 3, 1]).device.type == "meta"  # raises on a device mix
     assert robal_loss(z, y, [5, 3, 1], logits_clean=z, margin=margin, bsl=bsl).device.type == "meta"
+
+
+def test_trades_kl_rejects_an_unknown_reduction():
+    z = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    with pytest.raises(ValueError, match="reduction"):
+        trades_kl(z, z.flip(1), reduction="mean")

@@ -61,7 +61,9 @@ def trades_kl(logits_clean: torch.Tensor, logits_adv: torch.Tensor, reduction: s
         return per_sample.mean()
     if reduction == "sum":
         return per_sample.sum()
-    return per_sample
+    if reduction == "none":
+        return per_sample
+    raise ValueError(f"trades_kl: reduction must be batchmean, sum or none, not {reduction!r}")
 
 
 def _as_soft(target: torch.Tensor, num_classes: int) -> torch.Tensor:
