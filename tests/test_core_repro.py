@@ -122,3 +122,28 @@ def test_check_resume_config_messages():
     assert issubclass(ResumeConfigError, ValueError)
     assert RESUME_MAY_CHANGE == {"train.device", "train.progress", "train.log_every", "data.root",
                                  "eval.max_batches", "eval.batch_size", "eval.attacks", "eval.n", "eval.checkpoints"}
+
+
+def test_cuda_generator_states_are_captured_and_restored_per_device(monkeypatch):
+    # A CPU-only machine has no CUDA generator, so torch.cuda is replaced by a fake with 2 devices whose
+    # states are distinct tensors: capture must store them all, restore must hand back at most as many as
+    # there are devices now (a checkpoint from 3 GPUs restored on 2), and nothing when CUDA is absent.
+    states = [torch.tensor([1, 2], dtype=torch.uint8), torch.tensor([3, 4], dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: list(states))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda s: restored.append([t.tolist() for t in s]))
+    state = capture_rng()
+    assert [t.tolist() for t in state["cuda"]] == [[1, 2], [3, 4]]
+    state["cuda"] = state["cuda"] + [torch.tensor([5, 6], dtype=torch.uint8)]  # saved on 3 devices
+    restore_rng(state)
+    assert restored == [[[1, 2], [3, 4]]]  # the first two, once
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "cuda" not in capture_rng()
+    restore_rng(state)  # CUDA gone: the saved states are ignored
+    assert len(restored) == 1
+    del state["cuda"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    restore_rng(state)  # an older checkpoint without CUDA states: CUDA left as it is
+    assert len(restored) == 1
