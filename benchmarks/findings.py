@@ -14,7 +14,12 @@ plus one evaluation pass:
   chosen on the VALIDATION split (mean over seeds of the best epoch's validation PGD-20), never on test;
 - (d) the final table: AT, AT-BSL and AT-BSL + the best augmentation, evaluated on the FULL test set
   (500 images) with clean, PGD-20, CW and the official AutoAttack (``aa``: APGD-CE, APGD-T, FAB-T, Square
-  at the standard budget), copied into ``OUT/final`` and evaluated there with ``ltadv eval``.
+  at the standard budget), copied into ``OUT/final`` and evaluated there with ``ltadv eval``;
+- (e) the training cost of (a)'s methods measured in ONE process: one epoch of each per round, 5 rounds in a
+  rotating order, CPU seconds and their ratio to AT per round (``ltadv_bench.method_cost``; OUT/cost.json).
+  The (a) runs' own wall-clock seconds are kept in their records but depend on what else the machine ran
+  while each trained (the 2026-11-30 run saw the same config take 37 s or 120 s), so claim 1's cost verdict
+  uses (e).
 
 Each part is an ``ltadv sweep`` folder (``OUT/<part>``, with its ``summary.md`` and ``report/``). A run two
 parts share (same config and seed: AT-BSL with tau_b 1 and no augmentation is in (a), (b) and (c)) is trained
@@ -97,6 +102,7 @@ class Study:
     figures: Path | None = Path("docs/figures/findings")
     log: Callable[[str], None] = print
     command: str = "python benchmarks/findings.py"  # as the page quotes it
+    cost_rounds: int = 5  # part (e): interleaved rounds of one epoch per method
 
 
 @dataclass
@@ -306,6 +312,35 @@ def evaluate_final(study: Study, best_aug: list[str]) -> None:
         raise StudyError(f"{len(failures)} evaluation(s) failed, first: {failures[0]}")
 
 
+def measure_cost(study: Study, cells: list[Cell]) -> dict:
+    """Part (e): one epoch of each method of (a) (its config at the first seed) per round, COST_ROUNDS rounds
+    in a rotating order, in this one process with ``study.threads`` threads; CPU seconds and their ratio to
+    AT per round (ltadv_bench.method_cost), written to OUT/cost.json. Wall-clock seconds of runs trained at
+    different moments on a shared machine measure its load as much as the method; these do not."""
+    import torch
+
+    from ltadv_bench.method_cost import method_costs
+
+    path = study.out / "cost.json"
+    chosen = {c.name.split("__seed=")[0]: c for c in cells if c.config.get("seed") == study.seeds[0]}
+    names = sorted(chosen, key=lambda n: (n != "at", n))  # AT first: the baseline
+    if path.is_file():
+        done = json.loads(path.read_text())
+        if sorted(done.get("cpu_s", {})) == sorted(names) and done.get("rounds") == study.cost_rounds:
+            study.log("cost: measured earlier (OUT/cost.json)")
+            return done
+    configs = {n: load_config(study.out / chosen[n].part / "_cells" / f"{chosen[n].name}.yaml") for n in names}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(study.threads)
+    try:
+        res = method_costs(configs, study.out / "cost", rounds=study.cost_rounds, log=study.log)
+    finally:
+        torch.set_num_threads(threads)
+    shutil.rmtree(study.out / "cost", ignore_errors=True)  # scratch run folders
+    path.write_text(json.dumps(res, indent=1))
+    return res
+
+
 def _ledger(out: Path, seconds: float | None = None) -> dict:
     """OUT/study.json: the wall-clock seconds of every invocation (a resumed study adds up)."""
     path = out / "study.json"
@@ -341,6 +376,8 @@ def run_study(study: Study) -> dict:
     train_cells(study, [c for _, cells in (*first.values(), tau_b_aug) for c in cells])
     study.log("== (d) final table: CW and official AutoAttack on the full test set")
     evaluate_final(study, best_aug)
+    study.log("== (e) training cost of the methods of (a), interleaved in one process")
+    measure_cost(study, first["methods"][1])
     for part, (spec_file, _) in {**first, "tau_b_aug": tau_b_aug}.items():  # summary.md and report/ per part
         run_sweep(str(spec_file), out / part, study.overrides, log=lambda _m: None)
     seconds = time.perf_counter() - t0
@@ -370,6 +407,8 @@ def parse_args(argv: list[str]) -> tuple[Study, dict]:
     p.add_argument("--tau-b", help="part (c) tau_b values, comma-separated (default the preset's)")
     p.add_argument("--page", default="docs/findings.md", help="the page to write (default docs/findings.md)")
     p.add_argument("--figures", default="docs/figures/findings", help="its figures' folder")
+    p.add_argument("--cost-rounds", type=int, default=5,
+                   help="part (e): interleaved rounds of one training epoch per method (default 5, at least 2)")
     args, extra = p.parse_known_args(argv)
     from ltadv.cli import CLIError, _parse_overrides
 
@@ -389,6 +428,8 @@ def parse_args(argv: list[str]) -> tuple[Study, dict]:
 
     if args.jobs < 1 or args.threads < 1 or args.epochs < 1:
         raise StudyError("--jobs, --threads and --epochs must be >= 1")
+    if args.cost_rounds < 2:
+        raise StudyError("--cost-rounds must be >= 2 (the interval over rounds needs two)")
     tau_bs = None
     if args.tau_b:
         try:
@@ -400,7 +441,7 @@ def parse_args(argv: list[str]) -> tuple[Study, dict]:
 
     study = Study(Path(args.out), ints(args.seeds, "seeds"), args.epochs, args.jobs, args.threads,
                   split(args.methods), split(args.augs), tau_bs, overrides, Path(args.page), Path(args.figures),
-                  command=" ".join(["python benchmarks/findings.py", *argv]))
+                  command=" ".join(["python benchmarks/findings.py", *argv]), cost_rounds=args.cost_rounds)
     return study, overrides
 
 

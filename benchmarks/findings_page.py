@@ -78,9 +78,11 @@ class Interval:
     hi: float
     how: str = ""
 
-    def text(self, scale: float = 100.0, digits: int = 1) -> str:
+    def text(self, scale: float = 100.0, digits: int = 1, signed: bool = True) -> str:
+        sign = "+" if signed else ""  # a difference shows its sign; a ratio does not
+
         def num(v: float) -> str:
-            return f"{round(scale * v, digits) + 0.0:+.{digits}f}"  # + 0.0: no "-0.0"
+            return f"{round(scale * v, digits) + 0.0:{sign}.{digits}f}"  # + 0.0: no "-0.0"
 
         return f"{num(self.est)} [{num(self.lo)}, {num(self.hi)}]"
 
@@ -232,6 +234,27 @@ def seconds_per_epoch(g: Group | None) -> dict[int, float]:
             for r in g.records if r.get("epochs")}
 
 
+def read_cost(out: Path) -> dict | None:
+    """Part (e), OUT/cost.json (benchmarks/findings.py measure_cost): CPU seconds per epoch of each method
+    of (a), interleaved in one process; None when the study has not measured it."""
+    path = Path(out) / "cost.json"
+    try:
+        cost = json.loads(path.read_text())
+        return cost if cost.get("cpu_s") else None
+    except (OSError, ValueError):
+        return None
+
+
+def cost_ratio(cost: dict | None, num: str, den: str) -> Interval | None:
+    """CPU seconds of ``num`` / ``den`` per round of part (e), mean and 95% t interval over the rounds."""
+    if not cost or num not in cost["cpu_s"] or den not in cost["cpu_s"]:
+        return None
+    iv = ratio_interval(dict(enumerate(cost["cpu_s"][num])), dict(enumerate(cost["cpu_s"][den])))
+    if iv is not None:
+        iv.how = f"CPU time, t over {len(cost['cpu_s'][num])} interleaved rounds"
+    return iv
+
+
 def passes_per_batch(g: Group) -> float | None:
     vals = [e["forward_passes"] / e["batches"] for r in g.records for e in r.get("epochs") or []
             if e.get("forward_passes") and e.get("batches")]
@@ -281,19 +304,28 @@ def save_png(fig, path: Path) -> Path:
     return path
 
 
-def cost_figure(groups: Sequence[Group], attack: str):
-    """Claim 1: robust accuracy (95% interval) against training seconds per epoch (± 1 std), one point per
-    method of part (a)."""
+def cost_figure(groups: Sequence[Group], attack: str, cost: dict | None = None):
+    """Claim 1: robust accuracy (95% interval) against training cost, one point per method of part (a): the
+    CPU-time ratio to AT with its 95% interval from part (e) when measured, else the runs' own wall-clock
+    seconds per epoch (± 1 std over seeds; load-dependent)."""
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for i, g in enumerate(groups):
-        acc, c = g.accuracy(attack), g.cost()["train_s"]
-        if acc is None or c is None:
+        acc = g.accuracy(attack)
+        name = g.records[0]["config"]["method"]["name"] if g.records else g.label
+        if cost is not None:
+            iv = cost_ratio(cost, name, cost.get("baseline", "at"))
+            x, xerr = (iv.est, [[iv.est - iv.lo], [iv.hi - iv.est]]) if iv is not None else (None, None)
+        else:
+            c = g.cost()["train_s"]
+            x, xerr = (c.mean, [c.std or 0.0]) if c is not None else (None, None)
+        if acc is None or x is None:
             continue
         color = plt.get_cmap("tab10").colors[i % 10]
         yerr = [[100 * (acc.mean - acc.lo)], [100 * (acc.hi - acc.mean)]] if acc.lo is not None else None
-        ax.errorbar([c.mean], [100 * acc.mean], xerr=[c.std or 0.0], yerr=yerr, fmt="o", color=color, capsize=3)
-        ax.annotate(g.label, (c.mean, 100 * acc.mean), xytext=(5, 4), textcoords="offset points", fontsize=8)
-    ax.set_xlabel("training seconds per epoch (mean ± 1 std over seeds)")
+        ax.errorbar([x], [100 * acc.mean], xerr=xerr, yerr=yerr, fmt="o", color=color, capsize=3)
+        ax.annotate(g.label, (x, 100 * acc.mean), xytext=(5, 4), textcoords="offset points", fontsize=8)
+    ax.set_xlabel("training CPU time per epoch / AT's, same process, 95% interval over rounds (part e)"
+                  if cost is not None else "training seconds per epoch (mean ± 1 std over seeds)")
     ax.set_ylabel(f"{ATTACK_TITLES.get(attack, attack)} accuracy (%), 95% interval")
     ax.set_title("robustness against training cost (part a)")
     ax.grid(alpha=0.3)
@@ -342,6 +374,12 @@ def singles_figure(aug_groups: Sequence[Group], attack: str):
 HERE = Path(__file__).resolve().parent
 
 
+def run_commits(records: Sequence[dict]) -> str:
+    """The commit(s) the runs' records name (ltadv writes its git commit into every record)."""
+    commits = sorted({str(r.get("commit"))[:12] for r in records if r.get("commit")})
+    return ", ".join(commits) if commits else "unknown"
+
+
 def git_commit(cwd: Path = HERE) -> str:
     """The commit of the code that wrote the page (this file's repository), marked when it has local edits."""
     try:
@@ -364,7 +402,8 @@ class Comparison:
         if self.iv is None:
             return f"- {self.what}: no interval (too few runs) -> **{self.verdict}**"
         scale, digits = (100.0, 1) if unit == "points" else (1.0, 2)
-        return f"- {self.what}: {self.iv.text(scale, digits)} {unit} ({self.iv.how}) -> **{self.verdict}**"
+        text = self.iv.text(scale, digits, signed=unit == "points")
+        return f"- {self.what}: {text} {unit} ({self.iv.how}) -> **{self.verdict}**"
 
 
 def acc_table(name: str, title: str, rows: Sequence[tuple[str, Group]], attacks: Sequence[str],
@@ -386,6 +425,44 @@ def acc_table(name: str, title: str, rows: Sequence[tuple[str, Group]], attacks:
             f"{CONFIDENCE:.0%} t interval over seeds; one seed: [{CONFIDENCE:.0%} Wilson interval]; tail: the "
             f"three rarest classes' test images pooled; worst class: mean over seeds of the lowest class accuracy")
     return to_markdown(Table(name, title, cols, body, note=note))
+
+
+def cost_table(cost: dict, methods: Sequence[Group]) -> str:
+    """Part (e)'s table: CPU seconds per epoch (one process, interleaved rounds), the ratio to the baseline
+    with its 95% t interval, forward passes per batch, and the part (a) runs' own wall-clock seconds."""
+    base = cost.get("baseline", "at")
+    by_name = {g.records[0]["config"]["method"]["name"]: g for g in methods if g.records}
+    lines = [f"| method | CPU s/epoch | CPU time / {base} [95% interval] | forward passes / batch | "
+             "wall s/epoch in (a) (load-dependent) |", "|---|---|---|---|---|"]
+    for name, secs in cost["cpu_s"].items():
+        iv = cost_ratio(cost, name, base)
+        g = by_name.get(name)
+        passes = passes_per_batch(g) if g is not None else None
+        wall = g.cost()["train_s"] if g is not None else None
+        cells = [name, f"{sum(secs) / len(secs):.2f}",
+                 f"{iv.est:.2f} [{iv.lo:.2f}, {iv.hi:.2f}]" if iv is not None else "-",
+                 f"{passes:.0f}" if passes is not None else "-",
+                 f"{wall.mean:.2f}" if wall is not None else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    rounds, threads = cost.get("rounds"), cost.get("threads")
+    return ("### Part (e): training cost in one process\n\n" + "\n".join(lines) + "\n\n"
+            f"*One epoch of each method's part (a) config (first seed) per round, {rounds} rounds in a rotating "
+            f"order, one process, {threads} thread(s); CPU time is the process's, so other jobs on the machine "
+            "barely move it, unlike the wall-clock seconds of the part (a) runs, which trained at different "
+            "moments of a shared machine.*\n")
+
+
+def tau_b_reading(comparisons: Sequence[Comparison], tau_values: Sequence[float], aug: str, claim2: str) -> str:
+    """Claim 4's 'data or method' sentence, from the per-tau_b verdicts and claim 2's verdict."""
+    if claim2 == NOT_SUPPORTED:
+        return ("claim 4 rests on claim 2: where the best augmentation does not help AT-BSL at tau_b 1, it cannot "
+                "help at every tau_b; read it with claim 2's verdict.")
+    by = {v: [f"{t:g}" for t, c in zip(tau_values, comparisons, strict=True) if c.verdict == v]
+          for v in (SUPPORTED, INCONCLUSIVE, NOT_SUPPORTED)}
+    parts = [f"{v} at tau_b {', '.join(ts)}" for v, ts in by.items() if ts]
+    return (f"the gain of {aug} over no augmentation is " + "; ".join(parts) + ". Which tau_b values keep the gain "
+            "is measured here, not explained: with one small data set the study cannot tell whether the pattern "
+            "belongs to the data or to the method.")
 
 
 def write_page(out: Path, page: Path, figures: Path | None, meta: dict, log=print) -> Path:
@@ -425,27 +502,33 @@ def write_page(out: Path, page: Path, figures: Path | None, meta: dict, log=prin
     for attack in ("pgd20", "cw"):
         iv = contrast([per_seed(m_bsl, attack)], [per_seed(m_robal, attack)])
         c1.append(Comparison(f"{ATTACK_TITLES[attack]}: AT-BSL - RoBal (part a)", iv, verdict_match(iv)))
-    iv = ratio_interval(seconds_per_epoch(m_bsl), seconds_per_epoch(m_robal))
-    c1.append(Comparison("training seconds per epoch, AT-BSL / RoBal (part a)", iv, verdict_below(iv)))
+    cost = read_cost(out)
+    if cost is not None:
+        iv = cost_ratio(cost, "at_bsl", "robal")
+        c1.append(Comparison("training CPU seconds per epoch, AT-BSL / RoBal (part e)", iv, verdict_below(iv)))
+    else:  # a study without part (e): the runs' own wall-clock seconds (load-dependent)
+        iv = ratio_interval(seconds_per_epoch(m_bsl), seconds_per_epoch(m_robal))
+        c1.append(Comparison("training seconds per epoch, AT-BSL / RoBal (part a)", iv, verdict_below(iv)))
     verdicts[1] = combine([c.verdict for c in c1])
     # the paper's +6.66: AT-BSL + augmentation over RoBal (PGD-20: RoBal is not in the AutoAttack table)
     aug_vs_robal = contrast([per_seed(find(augs, method__name="at_bsl", data__aug=best_aug), "pgd20")],
                             [per_seed(m_robal, "pgd20")]) if best_aug else None
     effects[1] = (f"PGD-20 AT-BSL - RoBal {c1[0].iv.text()} points" if c1[0].iv else "PGD-20: -") + \
         (f"; AT-BSL + {label(best_aug)} - RoBal {aug_vs_robal.text()} points" if aug_vs_robal else "") + \
-        (f"; time AT-BSL / RoBal {c1[2].iv.text(1.0, 2)}" if c1[2].iv else "")
+        (f"; time AT-BSL / RoBal {c1[2].iv.text(1.0, 2, signed=False)}" if c1[2].iv else "")
 
     md.append(f"## Claim 1: {CLAIMS[1]}\n")
+    wall_col = [("train_s", "train s/epoch", lambda g: g.cost()["train_s"])] if cost is None else []
     md.append(acc_table("methods", "Part (a): every method, clean / PGD-20 / CW on the test split",
-                        [(g.label, g) for g in methods], ["clean", "pgd20", "cw"], "pgd20",
-                        extra=[("train_s", "train s/epoch", lambda g: g.cost()["train_s"])]))
+                        [(g.label, g) for g in methods], ["clean", "pgd20", "cw"], "pgd20", extra=wall_col))
+    if cost is not None:
+        md.append(cost_table(cost, methods))
     passes = ", ".join(f"{g.label} {p:.0f}" for g in methods if (p := passes_per_batch(g)) is not None)
     mem = ", ".join(f"{g.label} {g.cost()['peak_mb'].mean:.0f}" for g in methods if g.cost()["peak_mb"])
     md.append(f"Forward passes per training batch (load-independent cost): {passes or '-'}. "
               f"Peak memory (MB; on CPU the process's peak resident set, mostly the Python + torch runtime, so "
               f"it is not part of the verdict): {mem or '-'}.\n")
-    if methods:
-        md.append(fig("claim1_cost", cost_figure(methods, "pgd20")))
+    md.append(fig("claim1_cost", cost_figure(methods, "pgd20", cost)) if methods else "")
     md.append("Comparisons:\n\n" + "\n".join(c.line("x" if "seconds" in c.what else "points") for c in c1) + "\n")
     md.append(f"**Verdict: {verdicts[1]}.** Paper (CIFAR): {PAPER[1]}. Here: {effects[1]}. "
               + reproduces(verdicts[1]))
@@ -535,8 +618,7 @@ def write_page(out: Path, page: Path, figures: Path | None, meta: dict, log=prin
         md.append(fig("claim4_tau_b", tau_b_curve(taus, attack="pgd20")))
     md.append("Comparisons:\n\n" + "\n".join(c.line() for c in c4) + "\n")
     md.append(f"**Verdict: {verdicts[4]}.** Paper (CIFAR): {PAPER[4]}. Here: {effects[4]}.\n")
-    md.append(reproduces(verdicts[4], "claim 4 rests on claim 2: where the best augmentation does not help AT-BSL "
-                         "at tau_b 1, it cannot help at every tau_b; read it with claim 2's verdict."))
+    md.append(reproduces(verdicts[4], tau_b_reading(c4, tau_values, label(best_aug), verdicts[2])))
 
     # header and summary ------------------------------------------------------------------------------
     data = describe_data([r for g in (*methods, *augs, *taus) for r in g.records])
@@ -545,7 +627,8 @@ def write_page(out: Path, page: Path, figures: Path | None, meta: dict, log=prin
         "# Findings on digits-lt\n",
         f"*This page is generated by `{meta.get('command', 'python benchmarks/findings.py')}` "
         f"(benchmarks/findings.py and benchmarks/findings_page.py); do not edit it by hand, rerun the command. "
-        f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} at commit {git_commit()}; "
+        f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} at commit {git_commit()}; the runs "
+        f"were trained at commit {run_commits([r for g in (*methods, *augs, *taus, *final) for r in g.records])}; "
         f"the study ran {minutes:.1f} min in {meta.get('sessions', 1)} session(s) on {meta.get('jobs')} job(s) x "
         f"{meta.get('threads')} thread(s) (estimate before the run: {meta.get('estimate_min')} min on 2 quiet "
         f"CPU cores).*\n",

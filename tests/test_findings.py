@@ -173,7 +173,8 @@ def test_page_from_hand_made_records(tmp_path):
     sections = {n: text.split(f"## Claim {n}:")[1].split("\n## ")[0] for n in (1, 2, 3, 4)}
     # claim 1: same accuracies (difference 0 +/- 0 inside the margin), 1.0 vs 1.5 s/epoch -> cheaper
     assert "**Verdict: supported.**" in sections[1]
-    assert "training seconds per epoch, AT-BSL / RoBal (part a): +0.67 [+0.67, +0.67] x" in sections[1]
+    # without part (e) the runs' own wall-clock seconds decide (a ratio: no sign)
+    assert "training seconds per epoch, AT-BSL / RoBal (part a): 0.67 [0.67, 0.67] x" in sections[1]
     # claim 2: overall +13 points under AA (7 classes +10, 3 classes +20), the tail 10 points more than the head
     assert "AA overall: AT-BSL + ra - AT-BSL (final table): +13.0 [+13.0, +13.0] points" in sections[2]
     assert "tail gain - head gain of ra: +10.0 [+10.0, +10.0]" in sections[2]
@@ -186,6 +187,47 @@ def test_page_from_hand_made_records(tmp_path):
     for name in ("claim1_cost", "claim2_classwise", "claim3_stack", "claim3_singles", "claim4_tau_b"):
         png = tmp_path / "docs" / "figures" / "findings" / f"{name}.png"
         assert png.stat().st_size > 10_000 and f"(figures/findings/{name}.png)" in text
+
+
+def test_cost_part_decides_claim_1s_time_from_interleaved_cpu_seconds(tmp_path):
+    # part (e) on hand numbers: per round AT-BSL / RoBal = 2/4, 4/4 -> 0.5, 1.0: mean 0.75, sem 0.25,
+    # t(0.975, 1 df) = 12.7062 -> 0.75 -/+ 3.1766 = [-2.43, 3.93]: the interval straddles 1 -> inconclusive
+    cost = {"rounds": 2, "baseline": "at", "threads": 1,
+            "cpu_s": {"at": [1.0, 2.0], "at_bsl": [2.0, 4.0], "robal": [4.0, 4.0]}}
+    iv = fp.cost_ratio(cost, "at_bsl", "robal")
+    assert (iv.est, iv.lo, iv.hi) == pytest.approx((0.75, 0.75 - 12.7062047 * 0.25, 0.75 + 12.7062047 * 0.25))
+    assert fp.verdict_below(iv) == fp.INCONCLUSIVE
+    assert fp.cost_ratio(cost, "at_bsl", "mart") is None and fp.cost_ratio(None, "at_bsl", "robal") is None
+    # the table: robal / at per round 4, 2 -> 3.00; CPU s/epoch means 1.50, 3.00, 4.00
+    table = fp.cost_table(cost, [])
+    assert "| at | 1.50 | 1.00 [1.00, 1.00] | - | - |" in table
+    assert "| robal | 4.00 | 3.00 [" in table and "| at_bsl | 3.00 | 2.00 [2.00, 2.00] |" in table
+    # read from the study folder; a missing or broken file is "not measured"
+    assert fp.read_cost(tmp_path) is None
+    (tmp_path / "cost.json").write_text("{not json")
+    assert fp.read_cost(tmp_path) is None
+    (tmp_path / "cost.json").write_text(json.dumps(cost))
+    assert fp.read_cost(tmp_path)["cpu_s"]["robal"] == [4.0, 4.0]
+
+
+def test_cost_decides_claim_1_on_the_page(tmp_path):
+    out = tmp_path / "study"
+    b = [0.9, 0.8, 0.8, 0.7, 0.7, 0.6, 0.6, 0.5, 0.5, 0.4]
+    for s in range(2):  # equal accuracies; the runs' wall clock says AT-BSL is the slower (a loaded machine)
+        fake_run(out / "methods" / f"at_bsl__seed={s}", {"method.name": "at_bsl"}, b, s, 3.0, ("clean", "pgd20", "cw"))
+        fake_run(out / "methods" / f"robal__seed={s}", {"method.name": "robal"}, b, s, 1.0, ("clean", "pgd20", "cw"))
+    # part (e) in one process: AT-BSL / RoBal = 0.80, 0.82, 0.78 per round (mean 0.80, interval below 1)
+    (out / "cost.json").write_text(json.dumps({"rounds": 3, "baseline": "at_bsl", "threads": 1, "cpu_s": {
+        "at_bsl": [0.8, 0.82, 0.78], "robal": [1.0, 1.0, 1.0]}}))
+    meta = {"best_aug": [], "seconds": 60.0, "sessions": 1, "jobs": 1, "threads": 1, "seeds": [0, 1], "epochs": 1,
+            "estimate_min": 1}
+    text = fp.write_page(out, tmp_path / "findings.md", tmp_path / "figures" / "findings", meta,
+                         log=lambda _m: None).read_text()
+    claim1 = text.split("## Claim 1:")[1].split("\n## ")[0]
+    assert "training CPU seconds per epoch, AT-BSL / RoBal (part e): 0.80 [" in claim1
+    assert "seconds per epoch, AT-BSL / RoBal (part a)" not in claim1  # the loaded wall clock no longer decides
+    assert "### Part (e): training cost in one process" in claim1 and "train s/epoch" not in claim1
+    assert "**Verdict: supported.**" in claim1  # same accuracies, cheaper
 
 
 def test_best_augmentation_is_chosen_on_validation(tmp_path):
@@ -212,7 +254,8 @@ def test_miniature_study_end_to_end(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "findings.py"), "--out", str(out), "--page", str(page),
            "--figures", str(tmp_path / "docs" / "figures" / "findings"), "--seeds", "0", "--epochs", "1",
            "--methods", "at,at_bsl,robal", "--augs", "none,ra,ra+cutmix", "--tau-b", "1",
-           "--train.max_batches", "2", "--attack.steps", "2", "--eval.n", "20", "--eval.val_n", "10"]
+           "--train.max_batches", "2", "--attack.steps", "2", "--eval.n", "20", "--eval.val_n", "10",
+           "--cost-rounds", "2"]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     # (a), (b), (c) trained once per distinct experiment: at / at_bsl without augmentation and both tau_b 1
@@ -237,6 +280,12 @@ def test_miniature_study_end_to_end(tmp_path):
         assert f"## Claim {n}:" in text and text.split(f"## Claim {n}:")[1].split("\n## ")[0].count("**Verdict: ") == 1
     assert "generated by `python benchmarks/findings.py --out" in text
     assert json.loads((out / "study.json").read_text())["sessions"][0]["seconds"] > 0
+    # (e): every method of (a), 2 interleaved rounds, AT the baseline (ratio 1 in every round)
+    cost = json.loads((out / "cost.json").read_text())
+    assert sorted(cost["cpu_s"]) == ["at", "at_bsl", "robal"] and all(len(v) == 2 for v in cost["cpu_s"].values())
+    assert cost["ratio"]["at"]["per_round"] == [1.0, 1.0] and min(min(v) for v in cost["cpu_s"].values()) > 0
+    assert "### Part (e): training cost in one process" in text and not (out / "cost").exists()
     # a second call finds everything done and trains nothing
     r2 = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert r2.returncode == 0 and "0 run(s) to train, 0 shared with another part, 10 finished earlier" in r2.stdout
+    assert "cost: measured earlier" in r2.stdout
