@@ -245,6 +245,7 @@ def test_to_float_scales_uint8_only():
     assert ev.to_float(u, "cpu").dtype == torch.float32
     f = torch.tensor([[0.5, 3.0]], dtype=torch.float64)  # float pixels are not rescaled
     assert ev.to_float(f, "cpu").tolist() == [[0.5, 3.0]]
+    assert ev.to_float(u, "meta").device.type == "meta"  # moved to the device it is given (no data needed)
 
 
 @pytest.fixture
