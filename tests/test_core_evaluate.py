@@ -274,22 +274,24 @@ def probe(monkeypatch):
 
 def test_attack_gets_labels_eps_and_per_batch_seeds(probe):
     # clean-correct points 0, 1, 4 in batches of 2: [0, 1] and [4]
-    before = torch.get_rng_state()
-    torch.manual_seed(1)
-    flags = robust_flags(reader(), X, Y, ["probe"], 0.125, batch_size=2)
-    assert flags["probe"].tolist() == [False, True, False, False, True]
-    assert probe["y"] == [[0, 1], [0]] and probe["eps"] == [0.125, 0.125] and probe["sizes"] == [2, 1]
-    # each batch draws from its own seed batch_seed(attack, batch index), whatever the caller's state
     expected = [torch.rand(2, generator=torch.Generator().manual_seed(ev.batch_seed("probe", b))).tolist()
                 for b in (0, 1)]
-    assert probe["draws"] == expected and expected[0] != expected[1]
-    torch.manual_seed(2)
-    robust_flags(reader(), X, Y, ["probe"], 0.125, batch_size=2)
-    assert probe["draws"][2:] == expected
-    torch.set_rng_state(before)
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        flags = robust_flags(reader(), X, Y, ["probe"], 0.125, batch_size=2)
+        assert flags["probe"].tolist() == [False, True, False, False, True]
+        assert probe["y"] == [[0, 1], [0]] and probe["eps"] == [0.125, 0.125] and probe["sizes"] == [2, 1]
+        # each batch draws from its own seed batch_seed(attack, batch index), whatever the caller's state
+        assert probe["draws"] == expected and expected[0] != expected[1]
+        model = reader()  # (its init draws from the generator)
+        torch.manual_seed(2)
+        robust_flags(model, X, Y, ["probe"], 0.125, batch_size=2)
+        assert probe["draws"][2:] == expected
+        # and the caller's generator is left where it was
+        assert torch.rand(1).tolist() == torch.rand(1, generator=torch.Generator().manual_seed(2)).tolist()
 
 
-def test_default_batch_size_512(probe, monkeypatch):
+def test_default_batch_size_512(probe):
     x = torch.tensor([[0.9, 0.1, 0.0]] * 513)  # 513 clean-correct points: batches of 512 and 1
     y = torch.zeros(513, dtype=torch.long)
     robust_flags(reader(), x, y, ["probe"], 0.1)
