@@ -410,6 +410,20 @@ def test_cfa_switches():
     assert m.batch_eps(Y).tolist() == pytest.approx([0.16, 0.065, 0.19 / 3], rel=1e-6)
 
 
+def test_cfa_eps_fixed_until_the_next_epoch_and_one_sample_epochs():
+    m = cfa_epoch0()
+    m.set_epoch(1)
+    m.count(ZC[:1], torch.tensor([0]))  # an epoch of one sample, right: A = [1, NaN, NaN]
+    m.end_epoch()
+    # until set_epoch the radius stays the one this epoch trained with, (0.3 + A_prev) * 0.1
+    assert m.batch_eps(Y).tolist() == pytest.approx([0.08, 0.13, 0.19 / 3], rel=1e-6)
+    assert m.epoch_info()["cfa_train_robust"] == [1.0, None, None]
+    m.set_epoch(2)
+    assert m.batch_eps(Y).tolist() == pytest.approx([0.13, 0.1, 0.1], rel=1e-6)
+    # the authors' total form on one sample: C * correct / N = 2 * 1 / 1
+    assert class_accuracy(torch.tensor([1.0, 0.0]), torch.tensor([1.0, 0.0]), "total").tolist() == [2.0, 0.0]
+
+
 def test_cfa_eps_before_any_epoch_hook_and_nothing_seen():
     m = make("at_cfa", [30, 20, 10], **{"attack.class_eps": (0.2, 0.1, 0.05)})
     assert m.batch_eps(Y).tolist() == pytest.approx([0.2, 0.05, 0.1])  # no set_epoch yet
@@ -524,6 +538,16 @@ def test_classwise_pgd_by_hand():
     assert torch.equal(classwise_pgd(identity_model(), X, Y, eps, 0.0, 0.04, 3, random_start="uniform"), X)
 
 
+def test_classwise_pgd_leaves_a_pixel_the_model_ignores():
+    # the model does not read pixel 2: its gradient is 0, so sign steps leave it where it is
+    model = nn.Linear(3, 3, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]))
+    out = classwise_pgd(model, X, Y, torch.tensor([0.05, 0.03, 0.01]), 0.1, 0.04, 2, random_start="zero")
+    assert torch.equal(out[:, 2], X[:, 2])
+    assert not torch.equal(out[:, :2], X[:, :2])
+
+
 def test_classwise_pgd_start(monkeypatch):
     seen = []
     real = robustlt_mod.random_init
@@ -554,7 +578,7 @@ def test_robustlt_perturb_through_the_method(monkeypatch):
     monkeypatch.setattr(robustlt_mod, "classwise_pgd", spy_pgd)
     m = make("at", **{"method.robustlt": True, "method.robustlt_alpha": 0.5, "method.robustlt_beta": 0.5,
                       "train.epochs": 10, "attack.eps": 0.05, "attack.alpha": 0.02, "attack.steps": 3,
-                      "attack.init": "uniform", "attack.clamp_start": False})
+                      "attack.init": "zero", "attack.clamp_start": False})
     m.set_epoch(2)
     model = identity_model()
     assert torch.equal(m.perturb(model, X, Y), X + 1)
@@ -563,7 +587,7 @@ def test_robustlt_perturb_through_the_method(monkeypatch):
     # ramp 2 / (0.5 * 10) = 0.4 of [0.025, 0.268118, 0.368821] = [0.01, 0.107247, 0.147528], for Y = [0, 2, 1]
     assert c["eps"].tolist() == pytest.approx([0.01, 0.14752827, 0.10724717], rel=1e-5)
     assert c["eps_start"] == 0.05 and c["alpha"] == 0.02 and c["steps"] == 3
-    assert c["random_start"] == "uniform" and c["clamp_start"] is False
+    assert c["random_start"] == "zero" and c["clamp_start"] is False
     soft = torch.tensor([[0.2, 0.7, 0.1], [0.5, 0.1, 0.4], [0.0, 0.0, 1.0]])  # argmax [1, 0, 2]
     m.perturb(model, X, soft)
     assert calls[-1]["eps"].tolist() == pytest.approx([0.10724717, 0.01, 0.14752827], rel=1e-5)
@@ -621,3 +645,22 @@ def test_taet_attack_only_from_the_second_stage(spy):
     assert torch.equal(m.perturb(model, X, Y), X + 1)
     c = spy[-1]
     assert c["model"] is model and torch.equal(c["y"], Y) and c["eps"] == 0.05 and c["steps"] == 4
+
+
+def test_epoch_counts_are_summed_over_processes(tmp_path):
+    """Under DDP, REAT's prediction counts and CFA's correct / seen counts are all-reduced at the epoch's end
+    (a one-process gloo group: the sums are the process's own counts)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        r = make("reat", C4)
+        r.loss(Headed(), None, F4, L4)  # predictions [3, 0, 0, 3]
+        r.end_epoch()
+        assert r.adv_counts.tolist() == [2, 0, 0, 2]
+        c = make("at_cfa", [30, 20, 10])
+        c.count(ZA, Y)  # ZA predicts [1, 2, 0] for Y [0, 2, 1]
+        c.end_epoch()
+        assert c.train_robust.tolist() == [0.0, 0.0, 1.0]
+    finally:
+        dist.destroy_process_group()
