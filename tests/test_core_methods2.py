@@ -614,6 +614,15 @@ def test_harl_by_hand():
     assert float(harl_loss(Z5, soft, 0.2, 0.5, 0.3)) == approx(0.4955279735698467)
 
 
+def test_harl_shares_keep_the_guard_on_a_confident_batch():
+    # logits (a, 0) and (0, a), a = 20 ln 2, both right: CE = log(1 + 2^-20) = c = 9.536739e-7 each, L = [c, c].
+    # With alpha = beta = 0: sum_c (L_c / (2c + 1e-10))^2 = 0.5 / (1 + 1e-10 / 2c)^2 = 0.5 / (1 + 5.242880e-5)^2
+    # = 0.4999476 (without HARL.py's + 1e-10 the shares would sum their squares to 0.5; with - 1e-10, 0.5000524)
+    a = 20 * math.log(2)
+    z = torch.tensor([[a, 0.0], [0.0, a]])
+    assert float(harl_loss(z, torch.tensor([0, 1]), 0.0, 0.0, 1.0)) == pytest.approx(0.4999476, abs=2e-6)
+
+
 TAET = {"method.taet_ce_epochs": 2, "method.taet_alpha": 0.2, "method.taet_beta": 0.5, "method.taet_gamma": 0.3}
 
 
