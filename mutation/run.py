@@ -40,7 +40,8 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "sampler": (["src/ltadv/data/sampler.py"], ["tests/test_core_data.py"]),
     "reproducibility": (["src/ltadv/reproducibility.py"], ["tests/test_core_repro.py"]),
     "checkpoint": (["src/ltadv/checkpoint.py"], ["tests/test_core_checkpoint.py"]),
-    "methods": (["src/ltadv/methods/*"], ["tests/test_core_methods.py", "tests/test_lt_fidelity.py",
+    "methods": (["src/ltadv/methods/*"], ["tests/test_core_methods.py", "tests/test_core_methods2.py",
+                                         "tests/test_lt_fidelity.py",
                                          "tests/test_baselines.py"]),
 }
 
