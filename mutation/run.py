@@ -158,6 +158,14 @@ def report(modules: list[str], show_diffs: bool = True) -> bool:
         all_ok &= score >= 0.9 and not unchecked
         rows.append((module, len(res), killed, timeouts, len(survived), len(no_tests), len(other), n_eq, score, secs,
                      unchecked))
+        # an entry whose mutant a test kills is not equivalent: after an edit to the source mutmut renumbers the
+        # mutants of a function, so an entry can end up naming another mutant; list those to be re-checked
+        stale = sorted(k for k, v in res.items() if k in eq and v in KILLED | TIMEOUT)
+        if stale:
+            print(f"\n-- {module}: {len(stale)} mutant(s) listed in {EQUIVALENT.name} are killed by a test "
+                  "(a stale entry after renumbering? check and remove):")
+            for name in stale:
+                print(f"   killed    {name}  (listed: {eq[name]})")
         if survived or no_tests or other:
             print(f"\n-- {module}: {len(survived)} survived, {len(no_tests)} not covered by a test, {len(other)} other")
             names = survived + no_tests + other
