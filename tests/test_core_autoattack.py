@@ -184,6 +184,13 @@ def test_clean_pass_batches_and_uint8_pixels():
     assert res["x_adv"][0].tolist() == pytest.approx([200 / 255, 10 / 255, 1.0, 0, 0])
 
 
+def test_default_batches_hold_500_points():
+    x, y = many_points(1001)
+    calls = []
+    run_cascade(reader(), x, y, make_stages(calls, names=("s1",)), log=quiet)
+    assert [len(p) for _, p, _ in calls] == [500, 500, 1]
+
+
 def test_empty_and_single_point_sets():
     calls = []
     res = run_cascade(reader(), X[:0], Y[:0], make_stages(calls), correct=torch.zeros(0, dtype=torch.bool),
@@ -397,6 +404,15 @@ def test_save_atomic_creates_folders_and_leaves_nothing_on_failure(tmp_path, mon
     assert [p.name for p in path.parent.iterdir()] == ["aa.pt"]
     assert torch.load(path, weights_only=True) == {"stage": 3}
 
+    def interrupted_after_rename(a, b):
+        real_replace(a, b)
+        raise Stop  # e.g. a signal right after the rename: the temporary file is already gone
+
+    monkeypatch.setattr(aa_mod.os, "replace", interrupted_after_rename)
+    with pytest.raises(Stop):  # the interruption itself, not a FileNotFoundError from the clean-up
+        _save_atomic(path, {"stage": 5})
+    assert torch.load(path, weights_only=True) == {"stage": 5}
+
 
 def test_cascade_key_depends_on_every_input():
     m = reader()
@@ -486,6 +502,20 @@ def test_a_rank_behind_resumes_at_the_stage_another_rank_finished(tmp_path):
     assert saved["flags"].tolist() == flags.tolist() and saved["broken_by"].tolist() == [-1, 1, -1, 0, 1, -1, -1, -1]
 
 
+def test_a_rank_told_it_is_behind_without_a_state_file_takes_the_shared_flags():
+    # fresh ranks all start at stage 0; should another rank report a later stage, this one follows it and
+    # (with no state file) writes nothing
+    flags = torch.tensor([True, False, True, False, False, True, True, True])
+    shared = {"flags": flags, "start_flags": flags.clone(),
+              "broken_by": torch.tensor([-1, 1, -1, 0, 1, -1, -1, -1], dtype=torch.int16)}
+    calls = []
+    shard = OtherRanks(0, 2, [torch.tensor(FLAGS), torch.tensor(BROKEN_BY)], stages=[0, 2], shared=shared)
+    res = run_cascade(reader(), X, Y, make_stages(calls), batch_size=2, log=quiet, shard=shard)
+    # s3 on 0 2 5 6 7: batches [0 2] [5 6] [7], rank 0 runs [0 2] and [7] and breaks 2
+    assert ids(calls) == [("s3", [0, 2]), ("s3", [7])]
+    assert res["broken_by"].tolist()[:3] == [-1, 1, 3]  # 0 robust in the shared flags, 2 broken here
+
+
 def test_agree_takes_the_furthest_stage_from_its_process():
     def state(stage, done, flags):
         f = torch.tensor(flags)
@@ -571,6 +601,39 @@ def test_aa_flags_key_names_the_rank_and_the_budget(fake_aa, tmp_path, monkeypat
     assert fake_aa[0]["n_iter"] == 2 and fake_aa[0]["n_queries"] == 7
     names = ["apgd-ce", "apgd-t", "fab-t", "square", "n_iter=2", "n_queries=7", "rank=1/2"]
     assert torch.load(tmp_path / "aa.pt", weights_only=True)["key"] == cascade_key(reader(), X, Y, 0.1, names, 2, 0)
+    # rank 1 ran only its batches of apgd-ce ([0 1] [2 4] [5 6] [7] -> [2 4] and [7]) and combined each stage
+    assert [(n, p) for n, p, _ in fake_aa[1:3]] == [("apgd-ce", [2, 4]), ("apgd-ce", [7])] and len(shard.owned) == 8
+
+
+def many_points(n):
+    """n clean-correct points: the rows 0 1 2 4 5 6 7 of X in turn, with ids 0..n-1."""
+    rows = torch.tensor([0, 1, 2, 4, 5, 6, 7])[torch.arange(n) % 7]
+    x = X[rows].clone()
+    x[:, 3] = torch.arange(n)
+    return x, Y[rows]
+
+
+@pytest.mark.parametrize("flags_fn, expected", [(aa_flags, [4, 1, 4, -1, 2, -1, 3]),
+                                                 (aa_apgd_flags, [-1, 1, -1, -1, 2, -1, -1])])
+def test_flags_defaults_and_options_reach_the_cascade(fake_aa, flags_fn, expected, tmp_path, clock):
+    x, y = many_points(501)
+    logs = []
+    res = flags_fn(reader(), x, y, 0.1, log=logs.append)
+    settings, *calls = fake_aa
+    assert settings["norm"] == "linf" and logs == []  # L-inf, no progress lines
+    # batches of 500: 501 points -> 500 + 1; by id: apgd-ce breaks 1, apgd-t 4, fab-t 6, square 0 and 2
+    assert [len(p) for n, p, _ in calls if n == "apgd-ce"] == [500, 1]
+    assert res["broken_by"][:7].tolist() == expected
+    fake_aa.clear()
+    correct = torch.ones(8, dtype=torch.bool)
+    correct[0] = False
+    res = flags_fn(reader(), X, Y, 0.1, correct=correct, batch_size=8, state_path=tmp_path / "s.pt",
+                   progress=True, log=logs.append, norm="l2")
+    settings, *calls = fake_aa
+    assert settings["norm"] == "l2" and (tmp_path / "s.pt").is_file()
+    assert calls[0][:2] == ("apgd-ce", [1, 2, 3, 4, 5, 6, 7])  # 0 declared misclassified, 3 declared correct
+    assert res["broken_by"].tolist()[:2] == [0, 1] and res["broken_by"].tolist()[3:5] == [1, 2]
+    assert logs[0] == "apgd-ce: 5 of 8 points still robust (62.5%) after 0 s"
 
 
 def test_registered_attacks_return_the_cascades_images(fake_aa):
@@ -585,6 +648,15 @@ def test_registered_attacks_return_the_cascades_images(fake_aa):
     assert fake_aa[0]["norm"] == "l2" and [n for n, _, _ in fake_aa[1:]] == ["apgd-ce", "apgd-t"]
     assert x_adv[:, 4].tolist() == [0, 1, 0, 0, 2, 0, 0, 0]
     assert ATTACKS["aa"].flags_fn is aa_flags and ATTACKS["aa_apgd"].flags_fn is aa_apgd_flags
+
+
+def test_registered_attacks_take_the_callers_batch_whole(fake_aa):
+    x, y = many_points(501)
+    ATTACKS["aa"](reader(), x, y, 0.1)
+    assert [len(p) for n, p, _ in fake_aa[1:] if n == "apgd-ce"] == [501]  # one batch, not 500 + 1
+    fake_aa.clear()
+    x_adv = ATTACKS["aa_apgd"](FlatReader(), X[1:2], Y[1:2], 0.1)  # a single point: 3 classes all the same
+    assert fake_aa[0]["num_classes"] == 3 and x_adv[0].tolist() == pytest.approx([0.1, 0.8, 1.3, 1, 1])
 
 
 # ---- the official sub-attacks (pyautoattack) at the smallest budgets --------------------------------------------
@@ -649,14 +721,17 @@ def test_each_official_sub_attack_breaks_a_point_within_eps(norm):
     m = pixel_reader()
     stages = autoattack_stages(m, 0.1, 4, seed=3, n_iter=2, n_queries=20, norm=norm)
     assert [n for n, _ in stages] == ["apgd-ce", "apgd-t", "fab-t", "square"]
-    x, y = XP[[0, 4]], YP[[0, 4]]
+    x, y = XP[[0, 3, 4]], YP[[0, 3, 4]]
     for name, fn in stages:
         adv = fn(x, y).detach()
         d = (adv - x).flatten(1)
         size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
         assert float(size.max()) <= 0.1 + 1e-5, name
         with torch.no_grad():
-            assert bool((m(adv).argmax(1) != y).all()), name
+            assert bool((m(adv).argmax(1)[[0, 2]] != y[[0, 2]]).all()), name
+        # the point already misclassified for its label y = 2 comes back as it was (the label is the one
+        # given, not the prediction: attacking predicted class 0 would move it, class 2 is 0.02 away)
+        assert torch.equal(adv[1], x[1]), name
     aa = next(c.cell_contents for c in stages[0][1].__closure__ if hasattr(c.cell_contents, "apgd"))
     official = {"linf": "Linf", "l2": "L2"}[norm]
     assert aa.norm == official and aa.apgd.norm == official and aa.apgd_targeted.norm == official
@@ -712,5 +787,6 @@ def test_aa_torchattacks_builds_the_standard_attack(monkeypatch):
 def test_aa_torchattacks_without_the_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchattacks", None)
     with pytest.raises(AttackUnavailable, match=r"^attack aa_torchattacks needs the torchattacks package; install "
-                                                r"it with `pip install --no-deps torchattacks==3\.5\.1`"):
+                                                r"it with `pip install --no-deps torchattacks==3\.5\.1` \(its pinned "
+                                                r"requests 2\.25\.1 is not needed\)$"):
         ATTACKS["aa_torchattacks"].check()
