@@ -35,7 +35,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
                                               "tests/test_baselines.py", "tests/test_core_methods.py"]),
     "attacks": (["src/ltadv/attacks/__init__.py", "src/ltadv/attacks/mim.py"], ["tests/test_core_attacks.py",
                                                                             "tests/test_core_attacks_l2.py"]),
-    "autoattack": (["src/ltadv/attacks/autoattack.py"], ["tests/test_core_attacks.py"]),
+    "autoattack": (["src/ltadv/attacks/autoattack.py"], ["tests/test_core_autoattack.py"]),
     "evaluate": (["src/ltadv/evaluate.py"], ["tests/test_core_evaluate.py"]),
     "longtail": (["src/ltadv/data/longtail.py"], ["tests/test_longtail.py", "tests/test_core_data.py"]),
     "sampler": (["src/ltadv/data/sampler.py"], ["tests/test_core_data.py"]),
