@@ -289,3 +289,34 @@ def test_miniature_study_end_to_end(tmp_path):
     r2 = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert r2.returncode == 0 and "0 run(s) to train, 0 shared with another part, 10 finished earlier" in r2.stdout
     assert "cost: measured earlier" in r2.stdout
+
+
+def test_claim_4_reading_follows_the_verdicts():
+    cs = [fp.Comparison("t0", None, fp.NOT_SUPPORTED), fp.Comparison("t1", None, fp.SUPPORTED),
+          fp.Comparison("t2", None, fp.INCONCLUSIVE), fp.Comparison("t3", None, fp.SUPPORTED)]
+    text = fp.tau_b_reading(cs, [0.0, 1.0, 1.5, 2.0], "ra", fp.SUPPORTED)
+    assert text.startswith("the PGD-20 gain of ra over no augmentation is supported at tau_b 1, 2; "
+                           "inconclusive at tau_b 1.5; not supported at tau_b 0.")
+    assert "Claim 4 rests on claim 2" not in text
+    text = fp.tau_b_reading(cs, [0.0, 1.0, 1.5, 2.0], "ra", fp.NOT_SUPPORTED, "AA", "AA gain +0.0 [-1.9, +1.8]")
+    assert "final table finds no AA gain (AA gain +0.0 [-1.9, +1.8])" in text
+
+
+def test_a_pgd_gain_that_autoattack_does_not_confirm_is_named(tmp_path):
+    b = [0.9, 0.8, 0.8, 0.7, 0.7, 0.6, 0.6, 0.5, 0.5, 0.4]
+    up = [p + 0.1 for p in b]  # +10 points under PGD-20 in every class
+    for s in range(3):
+        fake_run(tmp_path / f"bsl__seed={s}", {"method.name": "at_bsl"}, b, s, 1.0, ("clean", "pgd20", "aa"))
+        fake_run(tmp_path / f"aug__seed={s}", {"method.name": "at_bsl", "data.aug": ["mixup"]}, up, s, 1.0,
+                 ("clean", "pgd20", "aa"))
+        bsl_aa = json.loads((tmp_path / f"bsl__seed={s}" / "result.json").read_text())["metrics"]["aa"]
+        rec = json.loads((tmp_path / f"aug__seed={s}" / "result.json").read_text())
+        rec["metrics"]["aa"] = bsl_aa  # ... but no gain under AutoAttack
+        (tmp_path / f"aug__seed={s}" / "result.json").write_text(json.dumps(rec))
+    groups = fp.group_runs(fp.load_records(tmp_path, log=lambda _m: None))
+    aug, bsl = fp.find(groups, data__aug=("mixup",)), fp.find(groups, data__aug=())
+    text = fp.weaker_attack_gain(aug, bsl, "aa", fp.NOT_SUPPORTED)
+    assert text.startswith("The same runs gain +10.0 [+10.0, +10.0] points under PGD-20 (paired t, 3 seeds)")
+    assert "AA does not confirm" in text
+    assert fp.weaker_attack_gain(aug, bsl, "aa", fp.SUPPORTED) == ""  # AA confirms: nothing to explain
+    assert fp.weaker_attack_gain(bsl, bsl, "aa", fp.NOT_SUPPORTED) == ""  # no PGD-20 gain either
