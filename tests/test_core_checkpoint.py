@@ -201,3 +201,30 @@ def test_mismatch_names_at_most_two():
     assert ck._mismatch({"a": (1,), "b": (1,), "c": (1,)}, {}) == "missing ['a', 'b']"
     assert ck._mismatch({}, {"a": (1,), "b": (1,), "c": (1,)}) == "unexpected ['a', 'b']"
     assert ck._mismatch({"a": (1,)}, {"a": (1,)}) is None
+
+
+def test_truncated_weights_name_the_file_and_the_reason(tmp_path):
+    # the header is intact (names and shapes pass the check), the tensor data is 8 bytes short
+    path = tmp_path / "w.safetensors"
+    ck.save_weights(path, nn.Linear(4, 3))
+    path.write_bytes(path.read_bytes()[:-8])
+    with pytest.raises(CheckpointError) as e:
+        ck.load_weights(path, nn.Linear(4, 3))
+    assert str(e.value).startswith(f"cannot read weights {path}: ") and "not fully covered" in str(e.value)
+
+
+@pytest.mark.parametrize("message,quoted", [
+    ("bad magic number\nsecond line of the error", "RuntimeError: bad magic number"),  # no line names a global
+    ("", "RuntimeError: "),  # an empty message: nothing to quote
+])
+def test_a_damaged_state_quotes_the_first_line_of_torchs_error(tmp_path, monkeypatch, message, quoted):
+    path = tmp_path / "state.pt"
+    path.write_bytes(b"not a checkpoint")
+
+    def refuse(*_a, **_k):
+        raise RuntimeError(message)
+
+    monkeypatch.setattr(torch, "load", refuse)
+    with pytest.raises(CheckpointError) as e:
+        ck.load_state(path)
+    assert str(e.value) == f"cannot load checkpoint {path} (damaged or truncated?): {quoted}"
