@@ -210,6 +210,7 @@ def test_truncated_weights_name_the_file_and_the_reason(tmp_path):
     path.write_bytes(path.read_bytes()[:-8])
     with pytest.raises(CheckpointError) as e:
         ck.load_weights(path, nn.Linear(4, 3))
+    # (check_header refuses it before load_file runs: the message is the header check's)
     assert str(e.value).startswith(f"cannot read weights {path}: ") and "not fully covered" in str(e.value)
 
 
