@@ -32,6 +32,14 @@ def write_cifar10(root: Path, n_per_class_train: int = 12, n_per_class_test: int
     return {"xtr": xtr, "ytr": ytr, "xte": xte, "yte": yte}
 
 
+def identity_model():
+    """A 3 -> 3 linear model without bias whose logits are its input (a known gradient for hand checks)."""
+    m = torch.nn.Linear(3, 3, bias=False)
+    with torch.no_grad():
+        m.weight.copy_(torch.eye(3))
+    return m
+
+
 def clean_digits_model(epochs: int):
     """(eval-mode small CNN trained cleanly on digits-lt for ``epochs`` epochs with Adam, the data): a model
     the attack tests can break and not break (seconds on CPU)."""

@@ -3,9 +3,9 @@
 
 import pytest
 import torch
-import torch.nn as nn
 
 import ltadv.methods as methods_pkg
+from conftest import identity_model
 from ltadv.config import load_config
 from ltadv.methods import METHODS
 from ltadv.methods import trades as trades_mod
@@ -16,13 +16,6 @@ ZA = torch.tensor([[0.0, 1.0, 0.5], [1.0, -0.5, 2.0], [0.0, 0.0, 0.0]])  # the a
 Y = torch.tensor([0, 2, 1])
 COUNTS = [100, 10, 1]
 KL_MEAN = 1.0377450024940411  # KL(p(ZC) || p(ZA)), batch mean (tests/test_core_losses.py)
-
-
-def identity_model():
-    m = nn.Linear(3, 3, bias=False)
-    with torch.no_grad():
-        m.weight.copy_(torch.eye(3))
-    return m
 
 
 def make(name, **over):

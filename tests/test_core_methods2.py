@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ltadv.methods as methods_pkg
+from conftest import identity_model
 from ltadv.config import load_config
 from ltadv.methods import METHODS
 from ltadv.methods import reat as reat_mod
@@ -30,13 +31,6 @@ COUNTS = [100, 10, 1]
 # p(x) - e_y, negative on the label and positive elsewhere: every L-inf step moves the label's pixel down
 # by alpha and the others up by alpha, whatever x is (hand-computable PGD).
 X = torch.tensor([[0.5, 0.3, 0.9], [0.2, 0.97, 0.6], [0.02, 0.4, 0.7]])
-
-
-def identity_model():
-    m = nn.Linear(3, 3, bias=False)
-    with torch.no_grad():
-        m.weight.copy_(torch.eye(3))
-    return m
 
 
 def cfg(name, **over):
